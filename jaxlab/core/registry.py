@@ -17,10 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from jaxlab.core.errors import ConfigError
+
 T = TypeVar('T')
 
 
-class RegistryError(KeyError):
+class RegistryError(ConfigError, KeyError):
   """A name that is not registered; the message lists the names that are."""
 
   def __str__(self) -> str:  # KeyError quotes its message; we want it plain.

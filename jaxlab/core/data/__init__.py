@@ -1,0 +1,27 @@
+"""Data: byte tokenizer, corpora, resumable batch iterators and synthetic sequence tasks."""
+
+from __future__ import annotations
+
+from jaxlab.core.data.corpus import (
+  embedded_corpus_text,
+  load_corpus,
+  load_text_file,
+  load_token_file,
+  train_val_split,
+)
+from jaxlab.core.data.iterator import WindowIterator, eval_batches
+from jaxlab.core.data.synthetic import SYNTHETIC_TASKS, SyntheticIterator
+from jaxlab.core.data.tokenizer import ByteTokenizer
+
+__all__ = [
+  'SYNTHETIC_TASKS',
+  'ByteTokenizer',
+  'SyntheticIterator',
+  'WindowIterator',
+  'embedded_corpus_text',
+  'eval_batches',
+  'load_corpus',
+  'load_text_file',
+  'load_token_file',
+  'train_val_split',
+]

@@ -1,0 +1,93 @@
+"""Plugins: how a method changes training without editing the train loop.
+
+A plugin may wrap the optimizer (a pruning mask, a low-rank projection, quantization-aware
+updates are all `optax.GradientTransformation -> optax.GradientTransformation`) and/or add a
+loss term computed from the parameters, the batch and the model's outputs. An experiment turns
+plugins on by name with their keyword arguments:
+
+  config.plugins.z_loss = ml_collections.ConfigDict({'coeff': 1e-4})
+  config.plugins.freeze = ml_collections.ConfigDict({'pattern': r'embed/.*'})
+
+Plugins apply in the order of `config.plugins` (each wraps the previous optimizer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxlab.core.errors import ConfigError
+from jaxlab.core.registry import Registry
+
+LossTerm = Callable[[Any, dict, jax.Array], jax.Array]  # (params, batch, outputs) -> scalar
+
+
+@dataclasses.dataclass(frozen=True)
+class Plugin:
+  """What a method adds to training. Both parts are optional."""
+
+  wrap_optimizer: Callable[[optax.GradientTransformation], optax.GradientTransformation] | None = (
+      None
+  )
+  loss_term: LossTerm | None = None
+
+
+PLUGINS: Registry[Callable[..., Plugin]] = Registry('plugin')
+
+
+def build_plugins(cfg: ml_collections.ConfigDict) -> dict[str, Plugin]:
+  """Instantiates `config.plugins`; a bad name or keyword raises ConfigError naming it."""
+  plugins = {}
+  for name, kwargs in cfg.items():
+    factory = PLUGINS.get(name, f'plugins.{name}')
+    try:
+      plugins[name] = factory(**kwargs.to_dict())
+    except TypeError as e:
+      raise ConfigError(f'plugins.{name}: bad arguments {kwargs.to_dict()} ({e})') from None
+  return plugins
+
+
+def path_name(path: tuple) -> str:
+  """`(DictKey('block_0'), DictKey('ffn'), ...)` -> `'block_0/ffn/...'`."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+
+
+@PLUGINS.register('z_loss')
+def z_loss(coeff: float = 1e-4) -> Plugin:
+  """Auxiliary `coeff * mean(log Z)^2` on the softmax normaliser `log Z = logsumexp(logits)`.
+
+  Keeps logits from drifting (PaLM, Chowdhery et al., 2022, Sec. 5).
+  """
+
+  def term(params, batch, logits):
+    del params, batch
+    return coeff * jnp.mean(jnp.square(jax.nn.logsumexp(logits, axis=-1)))
+
+  return Plugin(loss_term=term)
+
+
+@PLUGINS.register('freeze')
+def freeze(pattern: str) -> Plugin:
+  """Parameters whose path (`block_0/ffn/wi/kernel`) matches `pattern` get no update at all."""
+  try:
+    regex = re.compile(pattern)
+  except re.error as e:
+    raise ConfigError(f'plugins.freeze.pattern: expected a regular expression, got '
+                      f'{pattern!r} ({e})') from None
+
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: 'frozen' if regex.fullmatch(path_name(p)) else 'trained', params
+    )
+
+  def wrap(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    return optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, labels)
+
+  return Plugin(wrap_optimizer=wrap)

@@ -1,0 +1,267 @@
+"""The one train loop: `train_and_evaluate(config, workdir)`.
+
+Read top to bottom: setup, model and optimizer, input, checkpoint/resume, steps, loop, report.
+The loop never knows which paper it runs: the task (`config.task.name`) owns data, model and
+loss; plugins (`config.plugins`) wrap the optimizer or add loss terms.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxlab.core import config as config_lib
+from jaxlab.core import metrics as metrics_lib
+from jaxlab.core import report as report_lib
+from jaxlab.core import sharding
+from jaxlab.core.checkpoint import Checkpointer, abstract_like
+from jaxlab.core.errors import UserError
+from jaxlab.core.optim import make_optimizer
+from jaxlab.core.plugins import Plugin, build_plugins, path_name
+from jaxlab.core.task import Task, build_task
+from jaxlab.core.train_state import TrainState, create_train_state
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(UserError):
+  """SIGTERM/SIGINT arrived; a checkpoint was saved and the run can resume from it."""
+
+  def __init__(self, signum: int, step: int, workdir: pathlib.Path):
+    self.signum, self.step = signum, step
+    super().__init__(f'{signal.Signals(signum).name} at step {step}: checkpoint saved; run the '
+                     f'same command again to resume from {workdir}')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns final metrics."""
+  # ----------------------------------------------------------------------------- Setup
+  start_time = time.perf_counter()
+  workdir = pathlib.Path(workdir)
+  config_lib.validate(config, jax.device_count())
+  task = build_task(config)  # validates data and model sections
+  plugins = build_plugins(config.plugins)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.rules_from_config(config.mesh)
+  main_process = jax.process_index() == 0
+  if main_process:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_lib.save_config(config, workdir)
+  total_steps = config.train.steps
+
+  # ----------------------------------------------------------------------------- Model & optimizer
+  tx, schedule = make_optimizer(config.optim, total_steps)
+  for plugin in plugins.values():
+    if plugin.wrap_optimizer is not None:
+      tx = plugin.wrap_optimizer(tx)
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  state, state_shardings = create_train_state(
+      lambda: task.init_params(init_rng), tx, mesh, rules
+  )
+  param_names = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]]
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+
+  # ----------------------------------------------------------------------------- Input
+  train_iter = task.train_iterator(config.seed, jax.process_index(), jax.process_count())
+  eval_batches = task.eval_batches(jax.process_index(), jax.process_count())
+
+  # ----------------------------------------------------------------------------- Checkpoint
+  ckpt = Checkpointer(workdir / 'checkpoints', every=config.checkpoint.every,
+                      keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+  restored = ckpt.restore_latest(abstract_like(state))
+  start_step = 0
+  if restored is not None:
+    start_step, state, data_state = restored
+    train_iter.set_state(data_state)
+    log.info('resumed from step %d', start_step)
+  writer = metrics_lib.create_writer(
+      workdir, resume_step=start_step if restored else None,
+      tensorboard=config.metrics.tensorboard, is_main_process=main_process,
+  )
+
+  # ----------------------------------------------------------------------------- Steps
+  train_step = jax.jit(
+      _make_train_step(task, plugins, tx, schedule, step_rng, config.optim.grad_accum_steps),
+      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0,
+  )
+  eval_step = jax.jit(
+      lambda params, batch: task.loss(params, batch, step_rng, train=False)[1][0],
+      out_shardings=sharding.replicated(mesh),
+  )
+
+  def evaluate(params) -> dict[str, float]:
+    totals = [eval_step(params, sharding.shard_batch(b, mesh, rules)) for b in eval_batches]
+    return {f'eval/{k}': float(np.mean([t[k] for t in totals])) for k in totals[0]}
+
+  # ----------------------------------------------------------------------------- Loop
+  progress = metrics_lib.Progress(
+      total_steps, initial_step=start_step, tokens_per_step=task.items_per_batch,
+      disable=not (config.train.progress and main_process),
+  )
+  pending: list[tuple[int, dict]] = []
+  last_log_time, last_log_step = time.perf_counter(), start_step
+  step = start_step
+  with _SignalCatcher() as signals, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    while step < total_steps:
+      batch = sharding.shard_batch(next(train_iter), mesh, rules)
+      state, step_metrics = train_step(state, batch)
+      step += 1
+      pending.append((step, step_metrics))
+      if step % config.train.log_every == 0 or step == total_steps or signals.caught:
+        scalars = _summarise(pending, param_names, config.train.check_finite)
+        pending = []
+        now = time.perf_counter()
+        scalars['perf/steps_per_sec'] = (step - last_log_step) / (now - last_log_time)
+        scalars['perf/items_per_sec'] = scalars['perf/steps_per_sec'] * task.items_per_batch
+        last_log_time, last_log_step = now, step
+        writer.write_scalars(step, scalars)
+        progress.update(step, loss=scalars['train/loss'])
+      if step % config.train.eval_every == 0 and step < total_steps:
+        writer.write_scalars(step, evaluate(state.params))
+      ckpt.save(step, state, train_iter.get_state())
+      if signals.caught:
+        _save_now(ckpt, step, state, train_iter)
+        writer.flush()
+        raise Interrupted(signals.caught, step, workdir)
+    progress.close()
+    final = {'train/steps': step, 'params/count': num_params, **evaluate(state.params)}
+  writer.write_scalars(step, {k: v for k, v in final.items() if k.startswith('eval/')})
+  writer.close()
+  _save_now(ckpt, step, state, train_iter)
+  ckpt.close()
+  final['wall_time_s'] = time.perf_counter() - start_time  # of this invocation only
+
+  # ----------------------------------------------------------------------------- Report
+  if main_process:
+    write_run_report(config, workdir, task, final)
+  return final
+
+
+def _make_train_step(
+    task: Task, plugins: dict[str, Plugin], tx: optax.GradientTransformation,
+    schedule: optax.Schedule, step_rng: jax.Array, accum_steps: int,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """One optimizer update; the batch may be split into `accum_steps` micro-batches."""
+
+  def loss_fn(params, batch, rng):
+    loss, (metrics, outputs) = task.loss(params, batch, rng, train=True)
+    for name, plugin in plugins.items():
+      if plugin.loss_term is not None:
+        term = plugin.loss_term(params, batch, outputs)
+        metrics[f'{name}_loss'] = term
+        loss = loss + term
+    return loss, metrics
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(step_rng, state.step)
+    if accum_steps == 1:
+      (loss, metrics), grads = grad_fn(state.params, batch, rng)
+    else:
+      # Micro-batch a takes rows a, a+A, a+2A, ...: each stays spread over the batch shards.
+      micro = jax.tree.map(
+          lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1),
+          batch,
+      )
+
+      def accumulate(grads_sum, xs):
+        i, mb = xs
+        (loss, metrics), grads = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, grads_sum, grads), (loss, metrics)
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      grads, (losses, metrics) = jax.lax.scan(accumulate, zeros, (jnp.arange(accum_steps), micro))
+      grads = jax.tree.map(lambda g: g / accum_steps, grads)
+      loss, metrics = losses.mean(), jax.tree.map(jnp.mean, metrics)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    bad = jnp.stack([~jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    metrics = {
+        **{f'train/{k}': v for k, v in metrics.items()},
+        'train/loss': loss,
+        'train/grad_norm': optax.global_norm(grads),
+        'train/lr': schedule(state.step),
+        'nonfinite_grad_leaf': jnp.where(bad.any(), jnp.argmax(bad), -1),
+    }
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step_fn
+
+
+def _summarise(pending: list[tuple[int, dict]], param_names: list[str], check: bool) -> dict:
+  """Means over the logging window; stops at the first step whose loss is not finite."""
+  host = [(s, jax.device_get(m)) for s, m in pending]
+  if check:
+    for s, m in host:
+      if not np.isfinite(m['train/loss']):
+        leaf = int(m['nonfinite_grad_leaf'])
+        where = (f'first non-finite gradient leaf: {param_names[leaf]}' if leaf >= 0
+                 else 'all gradient leaves finite')
+        raise metrics_lib.NonFiniteError(
+            f'non-finite loss {float(m["train/loss"])} at step {s}; {where}. Nothing from this '
+            f'step on was checkpointed.', step=s, leaf=param_names[leaf] if leaf >= 0 else None,
+        )
+  keys = [k for k in host[-1][1] if k != 'nonfinite_grad_leaf']
+  return {k: float(np.mean([m[k] for _, m in host])) for k in keys}
+
+
+def _save_now(ckpt: Checkpointer, step: int, state: TrainState, train_iter: Any) -> None:
+  if step not in ckpt.steps():
+    ckpt.save(step, state, train_iter.get_state(), force=True)
+  ckpt.wait()
+
+
+class _SignalCatcher:
+  """Turns SIGTERM/SIGINT into a flag the loop checks after each step (main thread only)."""
+
+  def __init__(self):
+    self.caught = 0
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.caught = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def write_run_report(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, final: dict
+) -> pathlib.Path:
+  """`final_metrics.json`, loss-curve PNGs and `report.md` for a finished run."""
+  (workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2, sort_keys=True) + '\n')
+  records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl')
+  plots = [report_lib.plot_curves(records, ['train/loss', 'eval/loss'], workdir / 'loss.png',
+                                  title='loss (nats per item)')]
+  if any('eval/bits_per_byte' in r for r in records):
+    plots.append(report_lib.plot_curves(records, ['train/bits_per_byte', 'eval/bits_per_byte'],
+                                        workdir / 'bits_per_byte.png', title='bits per byte'))
+  claim = report_lib.check_claim(config.report.claim, final)
+  title = config.report.title or task.title
+  return report_lib.write_report(
+      workdir, title=title, config=config, final_metrics=final, plots=[p.name for p in plots],
+      claim=claim,
+  )

@@ -1,0 +1,272 @@
+"""Decoder-only transformer LM (GPT-style, pre-norm, RoPE) with pluggable parts.
+
+Every part is looked up by name from `TransformerConfig`, so a paper's variant is a registered
+piece, never a forked model:
+
+  block      BLOCKS      'prenorm'            x + attn(norm(x)); x + ffn(norm(x))
+  attention  ATTENTIONS  'causal'             multi-head causal self-attention with RoPE
+  ffn        FFNS        'mlp', 'glu'         2-matrix MLP; gated (SwiGLU with activation='silu')
+  activation ACTIVATIONS 'relu', 'gelu', ...  jaxlab.nn.activations
+  norm       NORMS       'rmsnorm', ...       jaxlab.nn.normalization
+
+Parameters carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`) that
+`jaxlab.core.sharding` maps onto the device mesh; activations carry `batch`, `length`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxlab.core.errors import ConfigError
+from jaxlab.core.registry import Registry
+from jaxlab.nn.activations import ACTIVATIONS
+from jaxlab.nn.models import MODELS
+from jaxlab.nn.normalization import NORMS
+from jaxlab.nn.rope import apply_rope
+
+ATTENTIONS: Registry[type[nn.Module]] = Registry('attention')
+FFNS: Registry[type[nn.Module]] = Registry('ffn')
+BLOCKS: Registry[type[nn.Module]] = Registry('block')
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyperparameters of `TransformerLM` (the `config.model` fields, minus `name`)."""
+
+  vocab_size: int
+  width: int = 256
+  depth: int = 4
+  heads: int = 4
+  mlp_dim: int = 1024
+  max_len: int = 256
+  block: str = 'prenorm'
+  attention: str = 'causal'
+  ffn: str = 'mlp'
+  activation: str = 'gelu'
+  norm: str = 'rmsnorm'
+  rope_base: float = 10000.0
+  tie_embeddings: bool = True
+  dropout: float = 0.0
+  init_std: float = 0.02
+  dtype: str = 'float32'  # compute dtype; 'bfloat16' for mixed precision
+  param_dtype: str = 'float32'
+  vocab_multiple: int = 128  # the embedding is padded to a multiple of this (shardable, fast)
+  attention_impl: str = ''  # '' lets JAX choose; 'xla' or 'cudnn' to force one
+  remat: bool = False  # recompute each block in the backward pass (saves memory)
+
+  def __post_init__(self):
+    def bad(field, expected, got):
+      raise ConfigError(f'model.{field}: expected {expected}, got {got!r}')
+
+    for f in ('vocab_size', 'width', 'depth', 'heads', 'mlp_dim', 'max_len', 'vocab_multiple'):
+      if getattr(self, f) <= 0:
+        bad(f, 'a positive integer', getattr(self, f))
+    if self.width % self.heads:
+      bad('width', f'a multiple of model.heads={self.heads}', self.width)
+    if (self.width // self.heads) % 2:
+      bad('heads', f'head_dim = width/heads even for RoPE (width={self.width})', self.heads)
+    if not 0.0 <= self.dropout < 1.0:
+      bad('dropout', 'a value in [0, 1)', self.dropout)
+    for f in ('dtype', 'param_dtype'):
+      if getattr(self, f) not in _DTYPES:
+        bad(f, f'one of {sorted(_DTYPES)}', getattr(self, f))
+    if self.attention_impl not in ('', 'xla', 'cudnn'):
+      bad('attention_impl', "one of '', 'xla', 'cudnn'", self.attention_impl)
+    BLOCKS.get(self.block, 'model.block')
+    ATTENTIONS.get(self.attention, 'model.attention')
+    FFNS.get(self.ffn, 'model.ffn')
+    ACTIVATIONS.get(self.activation, 'model.activation')
+    NORMS.get(self.norm, 'model.norm')
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
+    fields = {k: v for k, v in cfg.items() if k != 'name'}
+    known = {f.name for f in dataclasses.fields(cls)} - {'vocab_size'}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+      raise ConfigError(f'model.{unknown[0]}: not a field of the transformer; expected one of '
+                        f'{sorted(known)}')
+    return cls(vocab_size=vocab_size, **fields)
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.heads
+
+  @property
+  def padded_vocab_size(self) -> int:
+    return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return _DTYPES[self.dtype]
+
+  @property
+  def weight_dtype(self) -> jnp.dtype:
+    return _DTYPES[self.param_dtype]
+
+  def kernel_init(self, *axes: str, scale: float = 1.0) -> nn.initializers.Initializer:
+    return nn.with_logical_partitioning(nn.initializers.normal(self.init_std * scale), axes)
+
+  def norm_layer(self, name: str) -> nn.Module:
+    return NORMS.get(self.norm)(dtype=self.compute_dtype, param_dtype=self.weight_dtype, name=name)
+
+  @property
+  def residual_scale(self) -> float:
+    """GPT-2 init: output projections into the residual stream scaled by 1/sqrt(2·depth)."""
+    return (2 * self.depth) ** -0.5
+
+
+class Projection(nn.Module):
+  """`einsum(spec, x, kernel)` with a kernel of `shape` whose dimensions are named `axes`.
+
+  Used for the per-head projections, whose kernels are 3-D (`embed, heads, kv`) so that heads
+  can be sharded on their own axis.
+  """
+
+  spec: str
+  shape: tuple[int, ...]
+  axes: tuple[str, ...]
+  cfg: TransformerConfig
+  scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.cfg
+    kernel = self.param(
+        'kernel', cfg.kernel_init(*self.axes, scale=self.scale), self.shape, cfg.weight_dtype
+    )
+    return jnp.einsum(self.spec, x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype))
+
+
+@ATTENTIONS.register('causal')
+class CausalSelfAttention(nn.Module):
+  """Multi-head causal self-attention, `softmax(q kᵀ / sqrt(d) + causal mask) v`, RoPE on q, k."""
+
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array, *, deterministic: bool) -> jax.Array:
+    cfg = self.cfg
+    shape, axes = (cfg.width, cfg.heads, cfg.head_dim), ('embed', 'heads', 'kv')
+    q, k, v = (Projection('btd,dnh->btnh', shape, axes, cfg, name=n)(x)
+               for n in ('query', 'key', 'value'))
+    q = apply_rope(q, positions, cfg.rope_base)
+    k = apply_rope(k, positions, cfg.rope_base)
+    q, k, v = (nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v))
+    out = jax.nn.dot_product_attention(
+        q, k, v, is_causal=True, implementation=cfg.attention_impl or None
+    )
+    return Projection(
+        'btnh,nhd->btd', (cfg.heads, cfg.head_dim, cfg.width), ('heads', 'kv', 'embed'), cfg,
+        scale=cfg.residual_scale, name='out',
+    )(out)
+
+
+@FFNS.register('mlp')
+class MLP(nn.Module):
+  """Two-matrix feed-forward block `W_o act(W_i x)`."""
+
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    cfg = self.cfg
+    dense = functools.partial(
+        nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
+    )
+    h = dense(cfg.mlp_dim, kernel_init=cfg.kernel_init('embed', 'mlp'), name='wi')(x)
+    h = nn.with_logical_constraint(ACTIVATIONS.get(cfg.activation)(h), ('batch', 'length', 'mlp'))
+    return dense(
+        cfg.width, kernel_init=cfg.kernel_init('mlp', 'embed', scale=cfg.residual_scale), name='wo'
+    )(h)
+
+
+@FFNS.register('glu')
+class GLU(nn.Module):
+  """Gated feed-forward block `W_o (act(W_g x) ⊙ W_u x)` (Shazeer, 2020); SwiGLU with silu."""
+
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    cfg = self.cfg
+    dense = functools.partial(
+        nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
+    )
+    gate = dense(cfg.mlp_dim, kernel_init=cfg.kernel_init('embed', 'mlp'), name='wi_gate')(x)
+    up = dense(cfg.mlp_dim, kernel_init=cfg.kernel_init('embed', 'mlp'), name='wi_up')(x)
+    h = nn.with_logical_constraint(
+        ACTIVATIONS.get(cfg.activation)(gate) * up, ('batch', 'length', 'mlp')
+    )
+    return dense(
+        cfg.width, kernel_init=cfg.kernel_init('mlp', 'embed', scale=cfg.residual_scale), name='wo'
+    )(h)
+
+
+@BLOCKS.register('prenorm')
+class PreNormBlock(nn.Module):
+  """Pre-norm residual block: `x += attn(norm(x)); x += ffn(norm(x))` (GPT-2 / LLaMA layout)."""
+
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.cfg
+    drop = nn.Dropout(cfg.dropout)
+    attn = ATTENTIONS.get(cfg.attention)(cfg, name='attention')
+    ffn = FFNS.get(cfg.ffn)(cfg, name='ffn')
+    h = attn(cfg.norm_layer('attention_norm')(x), positions, deterministic=deterministic)
+    x = x + drop(h, deterministic=deterministic)
+    h = ffn(cfg.norm_layer('ffn_norm')(x), deterministic=deterministic)
+    x = x + drop(h, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
+class TransformerLM(nn.Module):
+  """Decoder-only LM: token ids `[B, T]` -> next-token logits `[B, T, padded_vocab]` (float32).
+
+  Logits of the padding entries of the vocabulary are set to a large negative number, so a
+  softmax over the padded vocabulary equals one over the real one.
+  """
+
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    cfg = self.cfg
+    embed = nn.Embed(
+        cfg.padded_vocab_size, cfg.width, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+        embedding_init=cfg.kernel_init('vocab', 'embed'), name='embed',
+    )
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
+    x = nn.with_logical_constraint(embed(tokens), ('batch', 'length', 'embed'))
+    block_cls = BLOCKS.get(cfg.block)
+    if cfg.remat:
+      block_cls = nn.remat(block_cls, static_argnums=(3,))  # self, x, positions, deterministic
+    for i in range(cfg.depth):
+      x = block_cls(cfg, name=f'block_{i}')(x, positions, deterministic)
+    x = cfg.norm_layer('final_norm')(x)
+    if cfg.tie_embeddings:
+      logits = embed.attend(x)
+    else:
+      logits = nn.Dense(
+          cfg.padded_vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+          param_dtype=cfg.weight_dtype, kernel_init=cfg.kernel_init('embed', 'vocab'),
+          name='unembed',
+      )(x)
+    logits = nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+    valid = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
+    return jnp.where(valid, logits, -1e9)
+
+
+@MODELS.register('transformer')
+def build_transformer(cfg: ml_collections.ConfigDict, vocab_size: int) -> TransformerLM:
+  return TransformerLM(TransformerConfig.from_config(cfg, vocab_size))

@@ -1,0 +1,109 @@
+"""Next-token prediction: the task behind every LM experiment.
+
+Data (`config.data.source`): the embedded CPython corpus, a user text file (both byte-level),
+a memory-mapped token file, or a synthetic sequence task with known answers (scored only where
+the answer is known). Loss: mean cross-entropy in nats per token; for byte-level text it is also
+reported as bits per byte, `loss / ln 2` (a uniform byte model scores 8.0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxlab.core import data
+from jaxlab.core.errors import ConfigError
+from jaxlab.core.task import TASKS, Batch, DataIterator
+from jaxlab.nn import build_model
+
+SOURCES = ('embedded', 'text', 'tokens', 'synthetic')
+
+
+@TASKS.register('lm')
+class LanguageModelingTask:
+  """Causal LM on `config.data` with the model `config.model`."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    d = config.data
+    if d.source not in SOURCES:
+      raise ConfigError(f'data.source: expected one of {SOURCES}, got {d.source!r}')
+    if d.source in ('text', 'tokens') and not d.path:
+      raise ConfigError(f"data.path: expected a file for data.source={d.source!r}, got ''")
+    if d.source in ('tokens', 'synthetic') and d.vocab_size <= 0:
+      raise ConfigError(f'data.vocab_size: expected the vocabulary size of the {d.source} data, '
+                        f'got {d.vocab_size}')
+    self._data_cfg = d
+    if d.source == 'synthetic':
+      data.SYNTHETIC_TASKS.get(d.synthetic, 'data.synthetic')
+      self._train, self._val = None, None
+    else:
+      try:
+        self._train, self._val = data.load_corpus(
+            d.source, d.path, val_fraction=d.val_fraction, dtype=d.token_dtype
+        )
+      except (OSError, ValueError) as e:
+        raise ConfigError(f'data: {e}') from None
+      need = d.batch_size * (d.seq_len + 1)
+      if self._val.size < need:
+        raise ConfigError(f'data.val_fraction: the validation split has {self._val.size} tokens, '
+                          f'expected at least batch_size x (seq_len + 1) = {need}')
+    vocab_size = d.vocab_size if d.source in ('tokens', 'synthetic') else data.ByteTokenizer.vocab_size
+    self.model = build_model(config.model, vocab_size)
+    max_len = getattr(self.model.cfg, 'max_len', d.seq_len)
+    if d.seq_len > max_len:
+      raise ConfigError(f'data.seq_len: expected at most model.max_len={max_len}, got {d.seq_len}')
+    self.byte_level = d.source in ('embedded', 'text')
+    self.items_per_batch = d.batch_size * d.seq_len
+    self.title = f'{config.model.name} language model on {d.source} data'
+
+  def init_params(self, rng: jax.Array) -> Any:
+    tokens = jnp.zeros((1, self._data_cfg.seq_len), jnp.int32)
+    return self.model.init(rng, tokens)['params']
+
+  def loss(
+      self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, train: bool
+  ) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array]]:
+    logits = self.model.apply(
+        {'params': params}, batch['inputs'], deterministic=not train, rngs={'dropout': rng}
+    )
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets'])
+    mask = batch.get('mask')
+    mask = jnp.ones_like(ce) if mask is None else mask.astype(ce.dtype)
+    denom = jnp.maximum(mask.sum(), 1.0)
+    loss = (ce * mask).sum() / denom
+    correct = (jnp.argmax(logits, -1) == batch['targets']).astype(ce.dtype)
+    metrics = {'loss': loss, 'accuracy': (correct * mask).sum() / denom}
+    if self.byte_level:
+      metrics['bits_per_byte'] = loss / math.log(2)
+    return loss, (metrics, logits)
+
+  def train_iterator(self, seed: int, process_index: int, process_count: int) -> DataIterator:
+    d = self._data_cfg
+    if d.source == 'synthetic':
+      return data.SyntheticIterator(
+          d.synthetic, batch_size=d.batch_size, seq_len=d.seq_len, vocab_size=d.vocab_size,
+          seed=seed, process_index=process_index, process_count=process_count,
+      )
+    return data.WindowIterator(
+        self._train, batch_size=d.batch_size, seq_len=d.seq_len, seed=seed,
+        process_index=process_index, process_count=process_count,
+    )
+
+  def eval_batches(self, process_index: int, process_count: int) -> list[Batch]:
+    d = self._data_cfg
+    if d.source == 'synthetic':  # held-out draws: a seed no training run uses
+      it = data.SyntheticIterator(
+          d.synthetic, batch_size=d.batch_size, seq_len=d.seq_len, vocab_size=d.vocab_size,
+          seed=2**31 - 1, process_index=process_index, process_count=process_count,
+      )
+      return [next(it) for _ in range(d.eval_batches)]
+    return data.eval_batches(
+        self._val, batch_size=d.batch_size, seq_len=d.seq_len, max_batches=d.eval_batches,
+        process_index=process_index, process_count=process_count,
+    )
