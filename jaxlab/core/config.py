@@ -131,9 +131,12 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   config_flags.DEFINE_config_file('config', flag_values=values, sys_argv=argv, lock_config=True)
   try:
     values(argv)
-  except AttributeError as e:  # config_path's lookup of a field that does not exist
-    field = _override_field(overrides, str(e).strip('"\''))
-    raise ConfigError(f'{field}: no such field in {spec}') from None
+  except (AttributeError, KeyError) as e:  # config_path's lookup of a field that does not exist
+    detail = e.args[0] if e.args else ''
+    detail = str(detail.args[0] if isinstance(detail, KeyError) else detail)
+    field = _override_field(overrides, detail)
+    hint = detail.partition('\n')[2]  # ml_collections' "Did you mean ..." when it has one
+    raise ConfigError(f'{field}: no such field in {spec}. {hint}'.strip()) from None
   except flags.Error as e:
     raise ConfigError(_describe_flag_error(e)) from None
   except (TypeError, ValueError) as e:
@@ -145,7 +148,9 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   return config
 
 
-def _override_field(overrides: Sequence[str], missing: str) -> str:
+def _override_field(overrides: Sequence[str], error: str) -> str:
+  """The override naming the missing field in ml_collections' `'name'\nDid you mean ...`."""
+  missing = error.partition('\n')[0].strip('"\' ')
   for o in overrides:
     name = o.split('=', 1)[0].removeprefix('--')
     if missing in name.split('.'):

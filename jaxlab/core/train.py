@@ -121,7 +121,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       state, step_metrics = train_step(state, batch)
       step += 1
       pending.append((step, step_metrics))
-      if step % config.train.log_every == 0 or step == total_steps or signals.caught:
+      # Checking the window before every checkpoint means no non-finite state is ever saved.
+      if (step % config.train.log_every == 0 or step % config.checkpoint.every == 0
+          or step == total_steps or signals.caught):
         scalars = _summarise(pending, param_names, config.train.check_finite)
         pending = []
         now = time.perf_counter()
@@ -204,17 +206,17 @@ def _make_train_step(
 
 
 def _summarise(pending: list[tuple[int, dict]], param_names: list[str], check: bool) -> dict:
-  """Means over the logging window; stops at the first step whose loss is not finite."""
+  """Means over the logging window; stops at the first step with a non-finite loss or gradient."""
   host = [(s, jax.device_get(m)) for s, m in pending]
   if check:
     for s, m in host:
-      if not np.isfinite(m['train/loss']):
-        leaf = int(m['nonfinite_grad_leaf'])
+      loss, leaf = float(m['train/loss']), int(m['nonfinite_grad_leaf'])
+      if not np.isfinite(loss) or leaf >= 0:
         where = (f'first non-finite gradient leaf: {param_names[leaf]}' if leaf >= 0
                  else 'all gradient leaves finite')
         raise metrics_lib.NonFiniteError(
-            f'non-finite loss {float(m["train/loss"])} at step {s}; {where}. Nothing from this '
-            f'step on was checkpointed.', step=s, leaf=param_names[leaf] if leaf >= 0 else None,
+            f'non-finite training at step {s} (loss {loss}); {where}. Nothing from this step on '
+            f'was checkpointed.', step=s, leaf=param_names[leaf] if leaf >= 0 else None,
         )
   keys = [k for k in host[-1][1] if k != 'nonfinite_grad_leaf']
   return {k: float(np.mean([m[k] for _, m in host])) for k in keys}
@@ -262,6 +264,6 @@ def write_run_report(
   claim = report_lib.check_claim(config.report.claim, final)
   title = config.report.title or task.title
   return report_lib.write_report(
-      workdir, title=title, config=config, final_metrics=final, plots=[p.name for p in plots],
+      workdir, title=title, config=config, final_metrics=final, plots=plots,
       claim=claim,
   )

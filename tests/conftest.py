@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny LM config small enough for a test, and helpers to read runs."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import jaxlab.tasks  # noqa: F401  (registers the built-in tasks)
+from jaxlab.core.config import load_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LM = str(REPO / 'experiments' / 'lm.py')
+
+# A model that trains in a second or two: the structure of lm.py:tiny, much smaller.
+TINY = [
+    '--config.model.width=32', '--config.model.depth=1', '--config.model.heads=2',
+    '--config.model.mlp_dim=64', '--config.model.max_len=32', '--config.data.seq_len=32',
+    '--config.data.batch_size=8', '--config.data.eval_batches=2', '--config.train.steps=10',
+    '--config.train.log_every=1', '--config.train.eval_every=5', '--config.train.progress=False',
+    '--config.optim.warmup_steps=2', '--config.checkpoint.every=5',
+    '--config.metrics.tensorboard=False', '--config.checkpoint.async_save=False',
+]
+
+
+def tiny_config(*overrides: str):
+  return load_config(f'{LM}:tiny', [*TINY, *overrides])
+
+
+def finalized_steps(workdir: pathlib.Path) -> list[int]:
+  d = workdir / 'checkpoints'
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def load_params(workdir: pathlib.Path, step: int | None = None) -> dict:
+  """The parameters saved in a run's checkpoint (the latest by default), as numpy arrays."""
+  step = finalized_steps(workdir)[-1] if step is None else step
+  restored = ocp.StandardCheckpointer().restore(workdir / 'checkpoints' / str(step) / 'state')
+  return jax_to_numpy(restored['params'])
+
+
+def jax_to_numpy(tree):
+  import jax
+
+  return jax.tree.map(np.asarray, tree)
+
+
+def run_cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+  """`jaxlab ...` in a subprocess (a real process: signals, exit codes, device counts)."""
+  full_env = {**os.environ, **(env or {})}
+  return subprocess.run([sys.executable, '-m', 'jaxlab.cli', *args], cwd=REPO, env=full_env,
+                        capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture
+def workdir(tmp_path: pathlib.Path) -> pathlib.Path:
+  return tmp_path / 'run'
