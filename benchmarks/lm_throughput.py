@@ -50,16 +50,16 @@ from jaxlab.core.train_state import create_train_state
 #   tf32: float32 matmuls at JAX's default precision on NVIDIA GPUs run as TensorFloat-32.
 #   fp32: true float32 (non-tensor-core) peak, for `jax_default_matmul_precision='highest'`.
 PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
-    ('h100 pcie', {'bf16': 756.0, 'tf32': 378.0, 'fp32': 51.0}),
-    ('h100', {'bf16': 989.0, 'tf32': 495.0, 'fp32': 67.0}),  # SXM
-    ('h200', {'bf16': 989.0, 'tf32': 495.0, 'fp32': 67.0}),
-    ('a100', {'bf16': 312.0, 'tf32': 156.0, 'fp32': 19.5}),
-    ('tpu v4', {'bf16': 275.0}),
-    ('tpu v5 lite', {'bf16': 197.0}),
-    ('tpu v5e', {'bf16': 197.0}),
-    ('tpu v5', {'bf16': 459.0}),  # v5p reports 'TPU v5' (or 'TPU v5p')
-    ('tpu v6 lite', {'bf16': 918.0}),
-    ('tpu v6e', {'bf16': 918.0}),
+  ('h100 pcie', {'bf16': 756.0, 'tf32': 378.0, 'fp32': 51.0}),
+  ('h100', {'bf16': 989.0, 'tf32': 495.0, 'fp32': 67.0}),  # SXM
+  ('h200', {'bf16': 989.0, 'tf32': 495.0, 'fp32': 67.0}),
+  ('a100', {'bf16': 312.0, 'tf32': 156.0, 'fp32': 19.5}),
+  ('tpu v4', {'bf16': 275.0}),
+  ('tpu v5 lite', {'bf16': 197.0}),
+  ('tpu v5e', {'bf16': 197.0}),
+  ('tpu v5', {'bf16': 459.0}),  # v5p reports 'TPU v5' (or 'TPU v5p')
+  ('tpu v6 lite', {'bf16': 918.0}),
+  ('tpu v6e', {'bf16': 918.0}),
 )
 
 
@@ -125,14 +125,19 @@ def count_params(params: Any) -> tuple[int, int]:
 
 def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
   p = argparse.ArgumentParser(
-      prog='lm_throughput', description=__doc__.split('\n\n')[0],
-      epilog='Any --config.<field>=<value> arguments override the experiment config.',
+    prog='lm_throughput',
+    description=__doc__.split('\n\n')[0],
+    epilog='Any --config.<field>=<value> arguments override the experiment config.',
   )
   p.add_argument('config', help='experiments/<id>.py[:arg]')
   p.add_argument('--steps', type=int, default=20, help='timed steps (default 20)')
   p.add_argument('--warmup', type=int, default=3, help='untimed steps first (default 3)')
-  p.add_argument('--peak-tflops', type=float, default=None,
-                 help='peak TFLOP/s of ONE device, overriding the built-in table')
+  p.add_argument(
+    '--peak-tflops',
+    type=float,
+    default=None,
+    help='peak TFLOP/s of ONE device, overriding the built-in table',
+  )
   p.add_argument('--json', type=pathlib.Path, default=None, help='also write the numbers here')
   args, extra = p.parse_known_args(argv)
   if args.steps < 1 or args.warmup < 0:
@@ -150,8 +155,12 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def benchmark(
-    spec: str, overrides: Sequence[str] = (), *, steps: int = 20, warmup: int = 3,
-    peak: float | None = None,
+  spec: str,
+  overrides: Sequence[str] = (),
+  *,
+  steps: int = 20,
+  warmup: int = 3,
+  peak: float | None = None,
 ) -> dict[str, Any]:
   """Times the train step of experiment `spec`; returns the numbers `main` prints.
 
@@ -181,8 +190,9 @@ def benchmark(
   n_nonembed = n_total - n_embed
 
   train_step = jax.jit(
-      _make_train_step(task, plugins, tx, schedule, step_rng, config.optim.grad_accum_steps),
-      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0,
+    _make_train_step(task, plugins, tx, schedule, step_rng, config.optim.grad_accum_steps),
+    out_shardings=(state_shardings, sharding.replicated(mesh)),
+    donate_argnums=0,
   )
   train_iter = task.train_iterator(config.seed, jax.process_index(), jax.process_count())
   batch = sharding.shard_batch(next(train_iter), mesh, rules)
@@ -217,8 +227,7 @@ def benchmark(
   # while loop's body once, so with gradient accumulation (a lax.scan over micro-batches) scale
   # by the trip count (this over-counts the optimizer update, a small part).
   accum = config.optim.grad_accum_steps
-  xla_per_token = (xla_device_flops * n_dev * accum / tokens_per_step if xla_device_flops
-                   else None)
+  xla_per_token = xla_device_flops * n_dev * accum / tokens_per_step if xla_device_flops else None
 
   device = jax.devices()[0]
   mode = matmul_mode(model_cfg.dtype, device.platform)
@@ -228,40 +237,40 @@ def benchmark(
     peak_source = f'table ({mode})' if peak is not None else 'unknown'
   mfu = achieved / (peak * n_dev) if peak else None
   return {
-      'config': spec,
-      'overrides': list(overrides),
-      'device_kind': device.device_kind,
-      'platform': device.platform,
-      'device_count': n_dev,
-      'mesh': dict(mesh.shape),
-      'compute_dtype': model_cfg.dtype,
-      'matmul_mode': mode,
-      'params_total': n_total,
-      'params_nonembedding': n_nonembed,
-      'batch_size': config.data.batch_size,
-      'seq_len': seq_len,
-      'tokens_per_step': tokens_per_step,
-      'grad_accum_steps': accum,
-      'warmup_steps': warmup,
-      'timed_steps': steps,
-      'compile_s': compile_s,
-      'step_time_median_s': step_median,
-      'step_time_mean_s': step_mean,
-      'step_time_min_s': min(times),
-      'step_time_max_s': max(times),
-      'tokens_per_s': tokens_per_s,
-      'model_flops_per_token': flops_per_token,
-      'model_flops_per_token_6n': 6 * n_nonembed,
-      'model_flops_per_token_attention': flops_per_token - 6 * n_nonembed,
-      'lm_head_flops_per_token': head_flops_per_token,
-      'xla_flops_per_step_per_device': xla_device_flops,
-      'xla_flops_per_token': xla_per_token,
-      'achieved_tflops': achieved,
-      'achieved_tflops_per_device': achieved / n_dev,
-      'peak_tflops_per_device': peak,
-      'peak_source': peak_source,
-      'mfu': mfu,
-      'final_loss': loss,
+    'config': spec,
+    'overrides': list(overrides),
+    'device_kind': device.device_kind,
+    'platform': device.platform,
+    'device_count': n_dev,
+    'mesh': dict(mesh.shape),
+    'compute_dtype': model_cfg.dtype,
+    'matmul_mode': mode,
+    'params_total': n_total,
+    'params_nonembedding': n_nonembed,
+    'batch_size': config.data.batch_size,
+    'seq_len': seq_len,
+    'tokens_per_step': tokens_per_step,
+    'grad_accum_steps': accum,
+    'warmup_steps': warmup,
+    'timed_steps': steps,
+    'compile_s': compile_s,
+    'step_time_median_s': step_median,
+    'step_time_mean_s': step_mean,
+    'step_time_min_s': min(times),
+    'step_time_max_s': max(times),
+    'tokens_per_s': tokens_per_s,
+    'model_flops_per_token': flops_per_token,
+    'model_flops_per_token_6n': 6 * n_nonembed,
+    'model_flops_per_token_attention': flops_per_token - 6 * n_nonembed,
+    'lm_head_flops_per_token': head_flops_per_token,
+    'xla_flops_per_step_per_device': xla_device_flops,
+    'xla_flops_per_token': xla_per_token,
+    'achieved_tflops': achieved,
+    'achieved_tflops_per_device': achieved / n_dev,
+    'peak_tflops_per_device': peak,
+    'peak_source': peak_source,
+    'mfu': mfu,
+    'final_loss': loss,
   }
 
 
@@ -275,44 +284,64 @@ def _si(x: float, unit: str) -> str:
 
 def format_report(r: dict[str, Any]) -> str:
   """The human-readable table `main` prints."""
+
   def pct(x: float) -> str:
     return f'{100 * x:.1f}%'
 
-  ratio = (r['xla_flops_per_token'] / r['model_flops_per_token']
-           if r['xla_flops_per_token'] else None)
+  ratio = (
+    r['xla_flops_per_token'] / r['model_flops_per_token'] if r['xla_flops_per_token'] else None
+  )
   head_share = r['lm_head_flops_per_token'] / r['model_flops_per_token']
-  accum_note = (f"; scan body x grad_accum_steps={r['grad_accum_steps']}"
-                if r['grad_accum_steps'] > 1 else '')
+  accum_note = (
+    f'; scan body x grad_accum_steps={r["grad_accum_steps"]}' if r['grad_accum_steps'] > 1 else ''
+  )
   rows = [
-      ('config', ' '.join([r['config'], *r['overrides']])),
-      ('devices', f"{r['device_count']} x {r['device_kind']} ({r['platform']}), mesh "
-                  f"{r['mesh']}"),
-      ('compute dtype', f"{r['compute_dtype']} (matmul peak: {r['matmul_mode'] or 'n/a'})"),
-      ('params', f"{r['params_total']:,} total, {r['params_nonembedding']:,} non-embedding"),
-      ('tokens/step', f"{r['tokens_per_step']:,} (batch {r['batch_size']} x seq "
-                      f"{r['seq_len']})"),
-      ('compile', f"{r['compile_s']:.2f} s"),
-      ('step time', f"median {1e3 * r['step_time_median_s']:.2f} ms, mean "
-                    f"{1e3 * r['step_time_mean_s']:.2f} ms (min {1e3 * r['step_time_min_s']:.2f}, "
-                    f"max {1e3 * r['step_time_max_s']:.2f}; {r['timed_steps']} steps after "
-                    f"{r['warmup_steps']} warmup)"),
-      ('tokens/s', f"{_si(r['tokens_per_s'], 'tok/s')} (from the median step)"),
-      ('model FLOPs/token', f"{_si(r['model_flops_per_token'], 'FLOP')} = 6·N "
-                            f"{_si(r['model_flops_per_token_6n'], 'FLOP')} + attention "
-                            f"12·L·d·T {_si(r['model_flops_per_token_attention'], 'FLOP')} "
-                            '(PaLM appendix B; N = non-embedding params)'),
-      ('  not counted', f"LM-head matmul 6·V·d = {_si(r['lm_head_flops_per_token'], 'FLOP')} "
-                        f'({pct(head_share)} of the above; not in the convention)'),
-      ('XLA FLOPs/token', f"{_si(r['xla_flops_per_token'], 'FLOP')} (cost_analysis of the "
-                          f'compiled step: x{ratio:.2f} the model FLOPs{accum_note})'
-                          if ratio else 'n/a'),
-      ('achieved', f"{r['achieved_tflops']:.4g} TFLOP/s model FLOPs "
-                   f"({r['achieved_tflops_per_device']:.4g} per device)"),
-      ('peak', f"{r['peak_tflops_per_device']:g} TFLOP/s per device, {r['peak_source']}"
-               if r['peak_tflops_per_device'] else
-               'n/a (no meaningful peak for this device/dtype; pass --peak-tflops)'),
-      ('MFU', pct(r['mfu']) if r['mfu'] is not None else 'n/a'),
-      ('final loss', f"{r['final_loss']:.4f} (sanity: finite)"),
+    ('config', ' '.join([r['config'], *r['overrides']])),
+    ('devices', f'{r["device_count"]} x {r["device_kind"]} ({r["platform"]}), mesh {r["mesh"]}'),
+    ('compute dtype', f'{r["compute_dtype"]} (matmul peak: {r["matmul_mode"] or "n/a"})'),
+    ('params', f'{r["params_total"]:,} total, {r["params_nonembedding"]:,} non-embedding'),
+    ('tokens/step', f'{r["tokens_per_step"]:,} (batch {r["batch_size"]} x seq {r["seq_len"]})'),
+    ('compile', f'{r["compile_s"]:.2f} s'),
+    (
+      'step time',
+      f'median {1e3 * r["step_time_median_s"]:.2f} ms, mean '
+      f'{1e3 * r["step_time_mean_s"]:.2f} ms (min {1e3 * r["step_time_min_s"]:.2f}, '
+      f'max {1e3 * r["step_time_max_s"]:.2f}; {r["timed_steps"]} steps after '
+      f'{r["warmup_steps"]} warmup)',
+    ),
+    ('tokens/s', f'{_si(r["tokens_per_s"], "tok/s")} (from the median step)'),
+    (
+      'model FLOPs/token',
+      f'{_si(r["model_flops_per_token"], "FLOP")} = 6·N '
+      f'{_si(r["model_flops_per_token_6n"], "FLOP")} + attention '
+      f'12·L·d·T {_si(r["model_flops_per_token_attention"], "FLOP")} '
+      '(PaLM appendix B; N = non-embedding params)',
+    ),
+    (
+      '  not counted',
+      f'LM-head matmul 6·V·d = {_si(r["lm_head_flops_per_token"], "FLOP")} '
+      f'({pct(head_share)} of the above; not in the convention)',
+    ),
+    (
+      'XLA FLOPs/token',
+      f'{_si(r["xla_flops_per_token"], "FLOP")} (cost_analysis of the '
+      f'compiled step: x{ratio:.2f} the model FLOPs{accum_note})'
+      if ratio
+      else 'n/a',
+    ),
+    (
+      'achieved',
+      f'{r["achieved_tflops"]:.4g} TFLOP/s model FLOPs '
+      f'({r["achieved_tflops_per_device"]:.4g} per device)',
+    ),
+    (
+      'peak',
+      f'{r["peak_tflops_per_device"]:g} TFLOP/s per device, {r["peak_source"]}'
+      if r['peak_tflops_per_device']
+      else 'n/a (no meaningful peak for this device/dtype; pass --peak-tflops)',
+    ),
+    ('MFU', pct(r['mfu']) if r['mfu'] is not None else 'n/a'),
+    ('final loss', f'{r["final_loss"]:.4f} (sanity: finite)'),
   ]
   width = max(len(k) for k, _ in rows)
   return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
@@ -322,8 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   args, overrides = _parse(argv)
   sharding.maybe_initialize_distributed()
   try:
-    result = benchmark(args.config, overrides, steps=args.steps, warmup=args.warmup,
-                       peak=args.peak_tflops)
+    result = benchmark(
+      args.config, overrides, steps=args.steps, warmup=args.warmup, peak=args.peak_tflops
+    )
   except UserError as e:
     print(f'lm_throughput: {e}', file=sys.stderr)
     return 2
@@ -331,8 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_report(result))
     if args.json is not None:
       args.json.parent.mkdir(parents=True, exist_ok=True)
-      clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-               for k, v in result.items()}
+      clean = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()
+      }
       args.json.write_text(json.dumps(clean, indent=2) + '\n')
   return 0
 

@@ -5,7 +5,7 @@ the train state (params, optimizer state, step; the RNG is a function of the ste
 batch iterator's position. Orbax writes each step to a temporary directory and renames it when
 complete, so a save cut short by a kill is never mistaken for a checkpoint. A finalised
 checkpoint that fails to restore (corrupt or truncated files) is reported and the previous
-one is used.
+one is used (the bad one is moved to `corrupt_checkpoints/` beside it, not deleted).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -26,6 +27,7 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike, *, every: int, keep: int, async_save: bool):
     self.directory = pathlib.Path(directory).absolute()
+    self.every = every
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=every, enable_async_checkpointing=async_save,
         create=True,
@@ -36,7 +38,9 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: dict, *, force: bool = False) -> bool:
-    """Saves if `step` is on the interval (or `force`); returns whether a save started."""
+    """Saves if `step` is a multiple of `every` (or `force`); returns whether a save started."""
+    if step % self.every and not force:
+      return False
     return self._manager.save(
         step,
         args=ocp.args.Composite(
@@ -63,8 +67,13 @@ class Checkpointer:
             ),
         )
       except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
-        log.warning('checkpoint at step %d in %s could not be restored (%s: %s); trying the '
-                    'previous one', step, self.directory, type(e).__name__, e)
+        quarantine = self.directory.parent / 'corrupt_checkpoints' / str(step)
+        log.warning('checkpoint at step %d in %s could not be restored (%s: %s); moved it to %s '
+                    'and trying the previous one', step, self.directory, type(e).__name__, e,
+                    quarantine)
+        quarantine.parent.mkdir(exist_ok=True)
+        shutil.move(self.directory / str(step), quarantine)
+        self._manager.reload()
         continue
       return step, restored['state'], dict(restored['data'])
     return None
