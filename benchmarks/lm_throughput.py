@@ -5,7 +5,7 @@
 
 Builds the task, optimizer (with plugins), mesh and sharded train state exactly as
 `jaxlab.core.train.train_and_evaluate` does, jits the same step function
-(`jaxlab.core.train._make_train_step`) with the same shardings and donation, then times
+(`jaxlab.core.train.make_train_step`) with the same shardings and donation, then times
 `--steps` updates after `--warmup` untimed ones, blocking on each step's outputs. The input
 pipeline is excluded: one batch, already on the devices, is fed to every step.
 
@@ -41,7 +41,7 @@ from jaxlab.core.errors import UserError
 from jaxlab.core.optim import make_optimizer
 from jaxlab.core.plugins import build_plugins, path_name
 from jaxlab.core.task import build_task
-from jaxlab.core.train import _make_train_step
+from jaxlab.core.train import make_train_step
 from jaxlab.core.train_state import create_train_state
 
 # Dense (no structured sparsity) peak TFLOP/s per chip, from the vendors' data sheets.
@@ -190,7 +190,7 @@ def benchmark(
   n_nonembed = n_total - n_embed
 
   train_step = jax.jit(
-    _make_train_step(task, plugins, tx, schedule, step_rng, config.optim.grad_accum_steps),
+    make_train_step(task, plugins, tx, schedule, step_rng, config.optim.grad_accum_steps),
     out_shardings=(state_shardings, sharding.replicated(mesh)),
     donate_argnums=0,
   )

@@ -2,7 +2,7 @@
 
   jaxlab run experiments/lm.py:tiny --workdir runs/lm           # ~1 min on one CPU core
   jaxlab run experiments/lm.py:small --workdir runs/lm_small    # ~10 M params, a few CPU-minutes
-  jaxlab run experiments/lm.py:gpu --workdir runs/lm_gpu        # ~125 M params, bf16, one GPU
+  jaxlab run experiments/lm.py:gpu --workdir runs/lm_gpu        # ~128 M params, bf16, one GPU
 
 Point it at a real corpus with `--config.data.source=tokens --config.data.path=train.bin
 --config.data.vocab_size=50304` (a nanoGPT-style uint16 token file) or
@@ -17,10 +17,10 @@ PAPER_ID = 'lm'
 TITLE = 'Baseline transformer language model (the foundation every LM paper builds on)'
 
 SCALES = {
-    # name: (width, depth, heads, mlp_dim, seq_len, batch, steps, lr, warmup, dtype)
-    'tiny': (128, 2, 4, 512, 128, 16, 300, 3e-3, 30, 'float32'),
-    'small': (384, 6, 6, 1536, 256, 32, 2000, 1e-3, 200, 'float32'),
-    'gpu': (768, 12, 12, 3072, 1024, 64, 5000, 6e-4, 500, 'bfloat16'),
+  # name: (width, depth, heads, mlp_dim, seq_len, batch, steps, lr, warmup, dtype)
+  'tiny': (128, 2, 4, 512, 128, 16, 300, 3e-3, 30, 'float32'),
+  'small': (384, 6, 6, 1536, 256, 32, 2000, 1e-3, 200, 'float32'),
+  'gpu': (768, 18, 12, 3072, 1024, 64, 5000, 6e-4, 500, 'bfloat16'),
 }
 
 
@@ -30,11 +30,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f'experiments/lm.py: expected a scale in {sorted(SCALES)}, got {arg!r}')
   width, depth, heads, mlp, seq_len, batch, steps, lr, warmup, dtype = SCALES[scale]
   c = base_config()
-  c.model = ml_collections.ConfigDict({
-      'name': 'transformer', 'width': width, 'depth': depth, 'heads': heads, 'mlp_dim': mlp,
-      'max_len': seq_len, 'ffn': 'mlp', 'activation': 'gelu', 'norm': 'rmsnorm',
-      'dtype': dtype, 'remat': False,
-  })
+  c.model = ml_collections.ConfigDict(
+    {
+      'name': 'transformer',
+      'width': width,
+      'depth': depth,
+      'heads': heads,
+      'mlp_dim': mlp,
+      'max_len': seq_len,
+      'ffn': 'mlp',
+      'activation': 'gelu',
+      'norm': 'rmsnorm',
+      'dtype': dtype,
+      'remat': False,
+    }
+  )
   c.data.seq_len = seq_len
   c.data.batch_size = batch
   c.optim.lr = lr
@@ -43,8 +53,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = max(steps // 5, 1)
   c.checkpoint.every = max(steps // 4, 1)
   c.report.title = f'{TITLE} — {scale}'
-  c.report.claim.text = ('A byte-level transformer learns English text: validation bits/byte '
-                         'far below the 8.0 of a uniform byte model')
+  c.report.claim.text = (
+    'A byte-level transformer learns English text: validation bits/byte '
+    'far below the 8.0 of a uniform byte model'
+  )
   c.report.claim.metric = 'eval/bits_per_byte'
   c.report.claim.op = '<'
   c.report.claim.target = 4.0 if scale == 'tiny' else 2.5

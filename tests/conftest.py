@@ -19,12 +19,22 @@ LM = str(REPO / 'experiments' / 'lm.py')
 
 # A model that trains in a second or two: the structure of lm.py:tiny, much smaller.
 TINY = [
-    '--config.model.width=32', '--config.model.depth=1', '--config.model.heads=2',
-    '--config.model.mlp_dim=64', '--config.model.max_len=32', '--config.data.seq_len=32',
-    '--config.data.batch_size=8', '--config.data.eval_batches=2', '--config.train.steps=10',
-    '--config.train.log_every=1', '--config.train.eval_every=5', '--config.train.progress=False',
-    '--config.optim.warmup_steps=2', '--config.checkpoint.every=5',
-    '--config.metrics.tensorboard=False', '--config.checkpoint.async_save=False',
+  '--config.model.width=32',
+  '--config.model.depth=1',
+  '--config.model.heads=2',
+  '--config.model.mlp_dim=64',
+  '--config.model.max_len=32',
+  '--config.data.seq_len=32',
+  '--config.data.batch_size=8',
+  '--config.data.eval_batches=2',
+  '--config.train.steps=10',
+  '--config.train.log_every=1',
+  '--config.train.eval_every=5',
+  '--config.train.progress=False',
+  '--config.optim.warmup_steps=2',
+  '--config.checkpoint.every=5',
+  '--config.metrics.tensorboard=False',
+  '--config.checkpoint.async_save=False',
 ]
 
 
@@ -53,10 +63,34 @@ def jax_to_numpy(tree):
 def run_cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
   """`jaxlab ...` in a subprocess (a real process: signals, exit codes, device counts)."""
   full_env = {**os.environ, **(env or {})}
-  return subprocess.run([sys.executable, '-m', 'jaxlab.cli', *args], cwd=REPO, env=full_env,
-                        capture_output=True, text=True, **kwargs)
+  return subprocess.run(
+    [sys.executable, '-m', 'jaxlab.cli', *args],
+    cwd=REPO,
+    env=full_env,
+    capture_output=True,
+    text=True,
+    **kwargs,
+  )
 
 
 @pytest.fixture
 def workdir(tmp_path: pathlib.Path) -> pathlib.Path:
   return tmp_path / 'run'
+
+
+def pytest_collection_modifyitems(config, items):
+  """`slow` tests are skipped when CI=true (run them with `pytest -m slow`); `gpu` tests run
+  only where JAX sees a GPU."""
+  import jax
+
+  skip_slow = pytest.mark.skip(reason='slow: skipped in CI (CI=true); run with `pytest -m slow`')
+  skip_gpu = pytest.mark.skip(reason='needs a GPU')
+  in_ci = os.environ.get('CI', '').lower() == 'true' and 'slow' not in (
+    config.option.markexpr or ''
+  )
+  has_gpu = any(d.platform == 'gpu' for d in jax.devices())
+  for item in items:
+    if in_ci and 'slow' in item.keywords:
+      item.add_marker(skip_slow)
+    if 'gpu' in item.keywords and not has_gpu:
+      item.add_marker(skip_gpu)

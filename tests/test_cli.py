@@ -25,10 +25,10 @@ def test_run_writes_everything(tmp_path):
 
 def test_user_mistakes_are_messages_not_tracebacks(tmp_path):
   cases = [
-      (['run', f'{LM}:tiny', *TINY, '--config.model.width=33'], 'model.width'),
-      (['run', f'{LM}:tiny', '--config.optim.lr=fast'], 'config.optim.lr'),
-      (['run', 'experiments/missing.py', '--config.seed=1'], 'not a file'),
-      (['run', f'{LM}:tiny', '--lr=1'], 'unrecognised argument'),
+    (['run', f'{LM}:tiny', *TINY, '--config.model.width=33'], 'model.width'),
+    (['run', f'{LM}:tiny', '--config.optim.lr=fast'], 'optim.lr: could not use'),
+    (['run', 'experiments/missing.py', '--config.seed=1'], 'not a file'),
+    (['run', f'{LM}:tiny', '--lr=1'], 'unrecognised argument'),
   ]
   for args, expected in cases:
     out = run_cli(*args, '--workdir', str(tmp_path / 'bad'))
@@ -43,14 +43,28 @@ def test_list_shows_experiments():
 
 
 def test_sweep_runs_each_point_once(tmp_path):
-  args = ['sweep', f'{LM}:tiny', *TINY, '--config.train.steps=2', '--config.checkpoint.every=2',
-          '--grid', 'optim.lr=1e-3,3e-3', '--grid', 'model.width=32,64', '--workdir',
-          str(tmp_path)]
+  args = [
+    'sweep',
+    f'{LM}:tiny',
+    *TINY,
+    '--config.train.steps=2',
+    '--config.checkpoint.every=2',
+    '--grid',
+    'optim.lr=1e-3,3e-3',
+    '--grid',
+    'model.width=32,64',
+    '--workdir',
+    str(tmp_path),
+  ]
   out = run_cli(*args)
   assert out.returncode == 0, out.stderr[-2000:]
   rows = list(csv.DictReader((tmp_path / 'results.csv').open()))
   assert [(r['optim.lr'], r['model.width']) for r in rows] == [
-      ('1e-3', '32'), ('1e-3', '64'), ('3e-3', '32'), ('3e-3', '64')]
+    ('1e-3', '32'),
+    ('1e-3', '64'),
+    ('3e-3', '32'),
+    ('3e-3', '64'),
+  ]
   assert all(float(r['eval/loss']) > 0 for r in rows)
   assert (tmp_path / 'sweep.png').exists()
   json.loads((tmp_path / 'optim.lr=1e-3,model.width=64' / 'config.json').read_text())

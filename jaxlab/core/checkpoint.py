@@ -29,8 +29,10 @@ class Checkpointer:
     self.directory = pathlib.Path(directory).absolute()
     self.every = every
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=every, enable_async_checkpointing=async_save,
-        create=True,
+      max_to_keep=keep,
+      save_interval_steps=every,
+      enable_async_checkpointing=async_save,
+      create=True,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -42,11 +44,11 @@ class Checkpointer:
     if step % self.every and not force:
       return False
     return self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
-        ),
-        force=force,
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+      ),
+      force=force,
     )
 
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
@@ -61,16 +63,22 @@ class Checkpointer:
     for step in sorted(self.steps(), reverse=True):
       try:
         restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
-            ),
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+          ),
         )
       except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
         quarantine = self.directory.parent / 'corrupt_checkpoints' / str(step)
-        log.warning('checkpoint at step %d in %s could not be restored (%s: %s); moved it to %s '
-                    'and trying the previous one', step, self.directory, type(e).__name__, e,
-                    quarantine)
+        log.warning(
+          'checkpoint at step %d in %s could not be restored (%s: %s); moved it to %s '
+          'and trying the previous one',
+          step,
+          self.directory,
+          type(e).__name__,
+          e,
+          quarantine,
+        )
         quarantine.parent.mkdir(exist_ok=True)
         shutil.move(self.directory / str(step), quarantine)
         self._manager.reload()
@@ -88,6 +96,4 @@ class Checkpointer:
 
 def abstract_like(tree: Any) -> Any:
   """`jax.ShapeDtypeStruct`s (with shardings) describing the arrays of `tree`."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
-  )
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

@@ -29,13 +29,13 @@ MESH_AXES = ('data', 'fsdp', 'model')
 # split over data and fsdp; parameters' embed dimension over fsdp (ZeRO-3-like); the wide
 # dimensions of attention and MLP over model (Megatron-like tensor parallelism).
 DEFAULT_RULES = (
-    ('batch', ('data', 'fsdp')),
-    ('embed', 'fsdp'),
-    ('mlp', 'model'),
-    ('heads', 'model'),
-    ('vocab', 'model'),
-    ('kv', None),
-    ('length', None),
+  ('batch', ('data', 'fsdp')),
+  ('embed', 'fsdp'),
+  ('mlp', 'model'),
+  ('heads', 'model'),
+  ('vocab', 'model'),
+  ('kv', None),
+  ('length', None),
 )
 
 
@@ -45,62 +45,60 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.task = ml_collections.ConfigDict({'name': 'lm'})
   c.data = ml_collections.ConfigDict(
-      {
-          'source': 'embedded',  # 'embedded' | 'text' | 'tokens' (.npy/.bin memmap) | 'synthetic'
-          'path': '',
-          'synthetic': 'copy',  # with source='synthetic': copy | parity | associative_recall | ...
-          'vocab_size': 0,  # needed for 'tokens' and 'synthetic'; byte-level text sets its own
-          'token_dtype': 'uint16',  # dtype of a raw .bin token file
-          'val_fraction': 0.05,
-          'seq_len': 128,
-          'batch_size': 32,  # global batch, split over hosts and devices
-          'eval_batches': 8,
-      }
+    {
+      'source': 'embedded',  # 'embedded' | 'text' | 'tokens' (.npy/.bin memmap) | 'synthetic'
+      'path': '',
+      'synthetic': 'copy',  # with source='synthetic': copy | parity | associative_recall | ...
+      'vocab_size': 0,  # needed for 'tokens' and 'synthetic'; byte-level text sets its own
+      'token_dtype': 'uint16',  # dtype of a raw .bin token file
+      'val_fraction': 0.05,
+      'seq_len': 128,
+      'batch_size': 32,  # global batch, split over hosts and devices
+      'eval_batches': 8,
+    }
   )
   c.model = ml_collections.ConfigDict({'name': 'transformer'})
   c.optim = ml_collections.ConfigDict(
-      {
-          'name': 'adamw',  # 'adamw' | 'adam' | 'sgd' | 'lion'
-          'lr': 1e-3,
-          'schedule': 'cosine',  # 'cosine' | 'linear' | 'constant' (all after linear warmup)
-          'warmup_steps': 100,
-          'end_lr_fraction': 0.1,
-          'b1': 0.9,
-          'b2': 0.95,
-          'eps': 1e-8,
-          'weight_decay': 0.1,
-          'clip_norm': 1.0,  # global-norm clipping; 0 disables
-          'grad_accum_steps': 1,  # micro-batches per step (summed in a lax.scan)
-      }
+    {
+      'name': 'adamw',  # 'adamw' | 'adam' | 'sgd' | 'lion'
+      'lr': 1e-3,
+      'schedule': 'cosine',  # 'cosine' | 'linear' | 'constant' (all after linear warmup)
+      'warmup_steps': 100,
+      'end_lr_fraction': 0.1,
+      'b1': 0.9,
+      'b2': 0.95,
+      'eps': 1e-8,
+      'weight_decay': 0.1,
+      'clip_norm': 1.0,  # global-norm clipping; 0 disables
+      'grad_accum_steps': 1,  # micro-batches per step (summed in a lax.scan)
+    }
   )
   c.train = ml_collections.ConfigDict(
-      {
-          'steps': 1000,
-          'log_every': 10,
-          'eval_every': 200,
-          'progress': True,
-          'check_finite': True,  # stop on the first NaN/Inf loss, naming the leaf
-      }
+    {
+      'steps': 1000,
+      'log_every': 10,
+      'eval_every': 200,
+      'progress': True,
+      'check_finite': True,  # stop on the first NaN/Inf loss, naming the leaf
+    }
   )
-  c.checkpoint = ml_collections.ConfigDict(
-      {'every': 500, 'keep': 3, 'async_save': True}
-  )
+  c.checkpoint = ml_collections.ConfigDict({'every': 500, 'keep': 3, 'async_save': True})
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'model': 1, 'rules': DEFAULT_RULES})
   c.plugins = ml_collections.ConfigDict()  # plugin name -> its kwargs (jaxlab.core.plugins)
   c.metrics = ml_collections.ConfigDict({'tensorboard': True})
   c.report = ml_collections.ConfigDict(
-      {
-          'paper': '',  # paper id in PAPERS.md, '' for none
-          'title': '',
-          'claim': {
-              'text': '',  # the paper's claim in words; '' = none declared
-              'metric': '',
-              'op': '<',
-              'target': 0.0,
-              'paper_value': '',
-              'scale_note': '',
-          },
-      }
+    {
+      'paper': '',  # paper id in PAPERS.md, '' for none
+      'title': '',
+      'claim': {
+        'text': '',  # the paper's claim in words; '' = none declared
+        'metric': '',
+        'op': '<',
+        'target': 0.0,
+        'paper_value': '',
+        'scale_note': '',
+      },
+    }
   )
   return c
 
@@ -121,8 +119,9 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   """
   path = spec.split(':', 1)[0]
   if not os.path.isfile(path):
-    raise ConfigError(f'config: expected an experiment file path[:arg], got {spec!r} '
-                      f'({path!r} is not a file)')
+    raise ConfigError(
+      f'config: expected an experiment file path[:arg], got {spec!r} ({path!r} is not a file)'
+    )
   for o in overrides:
     if not o.startswith('--config.'):
       raise ConfigError(f'override: expected --config.<field>=<value>, got {o!r}')
@@ -143,8 +142,9 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     raise ConfigError(f'config: {spec}: get_config failed: {e}') from None
   config = values.config
   if not isinstance(config, ml_collections.ConfigDict):
-    raise ConfigError(f'config: {path}: get_config must return a ConfigDict, got '
-                      f'{type(config).__name__}')
+    raise ConfigError(
+      f'config: {path}: get_config must return a ConfigDict, got {type(config).__name__}'
+    )
   return config
 
 
@@ -152,10 +152,10 @@ def _override_field(overrides: Sequence[str], error: str) -> str:
   """The override naming the missing field in ml_collections' `'name'\nDid you mean ...`."""
   missing = error.partition('\n')[0].strip('"\' ')
   for o in overrides:
-    name = o.split('=', 1)[0].removeprefix('--')
+    name = o.split('=', 1)[0].removeprefix('--config.')
     if missing in name.split('.'):
       return name
-  return f'config.{missing}'
+  return missing
 
 
 def _describe_flag_error(e: flags.Error) -> str:
@@ -163,7 +163,7 @@ def _describe_flag_error(e: flags.Error) -> str:
   # absl says "flag --config.a=abc: invalid literal for int() ..."; name the field first.
   if msg.startswith('flag --'):
     head, _, why = msg.partition(': ')
-    field, _, value = head.removeprefix('flag --').partition('=')
+    field, _, value = head.removeprefix('flag --config.').partition('=')
     return f'{field}: could not use {value!r} ({why})'
   return f'command line: {msg}'
 
@@ -179,27 +179,38 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     _check_fields(config[section], base[section], section)
   for key in config:
     if key not in base:
-      raise ConfigError(f'config.{key}: unknown top-level field; expected one of {sorted(base)}')
+      raise ConfigError(f'{key}: unknown top-level field; expected one of {sorted(base)}')
 
   mesh_shape(config.mesh, device_count)  # raises on a bad mesh
   d, o, t = config.data, config.optim, config.train
-  _positive(config, 'data.seq_len', 'data.batch_size', 'data.eval_batches', 'train.steps',
-            'train.log_every', 'train.eval_every', 'checkpoint.every', 'checkpoint.keep',
-            'optim.grad_accum_steps')
+  _positive(
+    config,
+    'data.seq_len',
+    'data.batch_size',
+    'data.eval_batches',
+    'train.steps',
+    'train.log_every',
+    'train.eval_every',
+    'checkpoint.every',
+    'checkpoint.keep',
+    'optim.grad_accum_steps',
+  )
   if not o.lr > 0:
     raise ConfigError(f'optim.lr: expected a positive learning rate, got {o.lr!r}')
   if o.warmup_steps < 0 or o.warmup_steps > t.steps:
-    raise ConfigError(f'optim.warmup_steps: expected 0..train.steps={t.steps}, '
-                      f'got {o.warmup_steps}')
+    raise ConfigError(
+      f'optim.warmup_steps: expected 0..train.steps={t.steps}, got {o.warmup_steps}'
+    )
   batch_shards = _batch_shards(config, device_count)
   if d.batch_size % (o.grad_accum_steps * batch_shards):
     raise ConfigError(
-        f'data.batch_size: expected a multiple of optim.grad_accum_steps x (mesh.data x '
-        f'mesh.fsdp) = {o.grad_accum_steps} x {batch_shards}, got {d.batch_size}'
+      f'data.batch_size: expected a multiple of optim.grad_accum_steps x (mesh.data x '
+      f'mesh.fsdp) = {o.grad_accum_steps} x {batch_shards}, got {d.batch_size}'
     )
   if config.report.claim.op not in ('<', '<=', '>', '>='):
-    raise ConfigError(f"report.claim.op: expected one of '<', '<=', '>', '>=', "
-                      f'got {config.report.claim.op!r}')
+    raise ConfigError(
+      f"report.claim.op: expected one of '<', '<=', '>', '>=', got {config.report.claim.op!r}"
+    )
 
 
 def mesh_shape(mesh: ml_collections.ConfigDict, device_count: int) -> dict[str, int]:
@@ -217,12 +228,15 @@ def mesh_shape(mesh: ml_collections.ConfigDict, device_count: int) -> dict[str, 
   fixed = math.prod(s for s in sizes.values() if s != -1)
   if rest:
     if device_count % fixed:
-      raise ConfigError(f'mesh.{rest[0]}: -1 needs the device count ({device_count}) to be a '
-                        f'multiple of the other axes ({fixed})')
+      raise ConfigError(
+        f'mesh.{rest[0]}: -1 needs the device count ({device_count}) to be a '
+        f'multiple of the other axes ({fixed})'
+      )
     sizes[rest[0]] = device_count // fixed
   elif fixed != device_count:
-    raise ConfigError(f'mesh: expected data x fsdp x model = {device_count} devices, got '
-                      f'{sizes} = {fixed}')
+    raise ConfigError(
+      f'mesh: expected data x fsdp x model = {device_count} devices, got {sizes} = {fixed}'
+    )
   return sizes
 
 
@@ -232,7 +246,7 @@ def _batch_shards(config: ml_collections.ConfigDict, device_count: int) -> int:
 
 
 def _check_fields(
-    got: ml_collections.ConfigDict, want: ml_collections.ConfigDict, prefix: str
+  got: ml_collections.ConfigDict, want: ml_collections.ConfigDict, prefix: str
 ) -> None:
   """Fields of `got` must exist in `want` (recursively): catches typos in experiment files."""
   for key in got:
@@ -241,8 +255,10 @@ def _check_fields(
     if isinstance(want[key], ml_collections.ConfigDict):
       _check_fields(got[key], want[key], f'{prefix}.{key}')
     elif not _same_kind(want[key], got[key]):
-      raise ConfigError(f'{prefix}.{key}: expected {type(want[key]).__name__}, got '
-                        f'{got[key]!r} ({type(got[key]).__name__})')
+      raise ConfigError(
+        f'{prefix}.{key}: expected {type(want[key]).__name__}, got '
+        f'{got[key]!r} ({type(got[key]).__name__})'
+      )
 
 
 def _same_kind(default: object, value: object) -> bool:

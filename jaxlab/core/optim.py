@@ -11,7 +11,9 @@ import optax
 from jaxlab.core.errors import ConfigError
 from jaxlab.core.registry import Registry
 
-OptimizerFactory = Callable[[ml_collections.ConfigDict, optax.Schedule], optax.GradientTransformation]
+OptimizerFactory = Callable[
+  [ml_collections.ConfigDict, optax.Schedule], optax.GradientTransformation
+]
 
 OPTIMIZERS: Registry[OptimizerFactory] = Registry('optimizer')
 
@@ -23,8 +25,7 @@ def _decay_mask(params):
 
 @OPTIMIZERS.register('adamw')
 def _adamw(o: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
-  return optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                     mask=_decay_mask)
+  return optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=_decay_mask)
 
 
 @OPTIMIZERS.register('adam')
@@ -54,14 +55,15 @@ def make_schedule(o: ml_collections.ConfigDict, total_steps: int) -> optax.Sched
   elif o.schedule == 'constant':
     after = optax.constant_schedule(o.lr)
   else:
-    raise ConfigError(f"optim.schedule: expected one of 'cosine', 'linear', 'constant', "
-                      f'got {o.schedule!r}')
+    raise ConfigError(
+      f"optim.schedule: expected one of 'cosine', 'linear', 'constant', got {o.schedule!r}"
+    )
   warmup = optax.linear_schedule(0.0, o.lr, o.warmup_steps)
   return optax.join_schedules([warmup, after], [o.warmup_steps])
 
 
 def make_optimizer(
-    o: ml_collections.ConfigDict, total_steps: int
+  o: ml_collections.ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """`clip_by_global_norm(clip_norm)` then the named optimizer with the schedule."""
   schedule = make_schedule(o, total_steps)

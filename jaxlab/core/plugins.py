@@ -34,7 +34,7 @@ class Plugin:
   """What a method adds to training. Both parts are optional."""
 
   wrap_optimizer: Callable[[optax.GradientTransformation], optax.GradientTransformation] | None = (
-      None
+    None
   )
   loss_term: LossTerm | None = None
 
@@ -79,12 +79,13 @@ def freeze(pattern: str) -> Plugin:
   try:
     regex = re.compile(pattern)
   except re.error as e:
-    raise ConfigError(f'plugins.freeze.pattern: expected a regular expression, got '
-                      f'{pattern!r} ({e})') from None
+    raise ConfigError(
+      f'plugins.freeze.pattern: expected a regular expression, got {pattern!r} ({e})'
+    ) from None
 
   def labels(params):
     return jax.tree_util.tree_map_with_path(
-        lambda p, _: 'frozen' if regex.fullmatch(path_name(p)) else 'trained', params
+      lambda p, _: 'frozen' if regex.fullmatch(path_name(p)) else 'trained', params
     )
 
   def wrap(tx: optax.GradientTransformation) -> optax.GradientTransformation:

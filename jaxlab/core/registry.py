@@ -52,7 +52,7 @@ class Registry(Generic[T]):
     if name not in self._items:
       where = f'{field}: ' if field else ''
       raise RegistryError(
-          f'{where}expected one of {sorted(self._items)} ({self.kind}), got {name!r}'
+        f'{where}expected one of {sorted(self._items)} ({self.kind}), got {name!r}'
       )
     return self._items[name]
 

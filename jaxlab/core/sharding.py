@@ -13,7 +13,7 @@ Multi-host: call `maybe_initialize_distributed()` first. On a TPU pod slice and 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -38,9 +38,9 @@ def maybe_initialize_distributed() -> None:
   multi_tpu = len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1
   if 'JAX_COORDINATOR_ADDRESS' in os.environ:
     jax.distributed.initialize(
-        coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
-        num_processes=int(os.environ['JAX_NUM_PROCESSES']),
-        process_id=int(os.environ['JAX_PROCESS_ID']),
+      coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
+      num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+      process_id=int(os.environ['JAX_PROCESS_ID']),
     )
   elif multi_slurm or multi_tpu:
     jax.distributed.initialize()  # cluster auto-detection (SLURM, TPU metadata)
@@ -50,14 +50,15 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict) -> Mesh:
   """The `(data, fsdp, model)` mesh over all devices; one axis may be -1 ("the rest")."""
   sizes = mesh_shape(mesh_cfg, jax.device_count())
   return jax.make_mesh(
-      tuple(sizes[a] for a in MESH_AXES), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES)
+    tuple(sizes[a] for a in MESH_AXES), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES)
   )
 
 
 def rules_from_config(mesh_cfg: ml_collections.ConfigDict) -> Rules:
   """`config.mesh.rules` as a tuple of `(logical_name, mesh_axes)` pairs."""
-  return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in
-               mesh_cfg.rules)
+  return tuple(
+    (name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in mesh_cfg.rules
+  )
 
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
@@ -78,8 +79,8 @@ def batch_sharding(mesh: Mesh, rules: Rules, ndim: int) -> NamedSharding:
 def shard_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules) -> dict:
   """Assembles each host's rows of the global batch into global, sharded `jax.Array`s."""
   return {
-      k: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, v.ndim), v)
-      for k, v in local_batch.items()
+    k: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, v.ndim), v)
+    for k, v in local_batch.items()
   }
 
 

@@ -41,7 +41,9 @@ def parse_grid(specs: Sequence[str]) -> Grid:
 def grid_points(grid: Grid) -> list[dict[str, str]]:
   """The Cartesian product of the grid, in order (last field varies fastest)."""
   fields = [f for f, _ in grid]
-  return [dict(zip(fields, combo)) for combo in itertools.product(*(v for _, v in grid))]
+  return [
+    dict(zip(fields, combo, strict=True)) for combo in itertools.product(*(v for _, v in grid))
+  ]
 
 
 def point_name(point: dict[str, str]) -> str:
@@ -50,11 +52,11 @@ def point_name(point: dict[str, str]) -> str:
 
 
 def run_sweep(
-    spec: str,
-    grid_specs: Sequence[str],
-    workdir: str | os.PathLike,
-    overrides: Sequence[str] = (),
-    train_fn: Callable[[ml_collections.ConfigDict, pathlib.Path], dict] | None = None,
+  spec: str,
+  grid_specs: Sequence[str],
+  workdir: str | os.PathLike,
+  overrides: Sequence[str] = (),
+  train_fn: Callable[[ml_collections.ConfigDict, pathlib.Path], dict] | None = None,
 ) -> list[dict]:
   """Runs every grid point not yet finished; returns one result row per point.
 
@@ -65,12 +67,11 @@ def run_sweep(
   workdir = pathlib.Path(workdir)
   points = grid_points(parse_grid(grid_specs))
   configs = [
-      load_config(spec, [*overrides, *(f'--config.{k}={v}' for k, v in p.items())])
-      for p in points
+    load_config(spec, [*overrides, *(f'--config.{k}={v}' for k, v in p.items())]) for p in points
   ]
   workdir.mkdir(parents=True, exist_ok=True)
   rows = []
-  for point, config in zip(points, configs):
+  for point, config in zip(points, configs, strict=True):
     point_dir = workdir / point_name(point)
     done = point_dir / 'final_metrics.json'  # written by a run that finished
     if not done.exists():

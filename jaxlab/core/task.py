@@ -37,7 +37,7 @@ class Task(Protocol):
     """Parameters as `nn.LogicallyPartitioned` boxes (called under `jax.eval_shape` first)."""
 
   def loss(
-      self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, train: bool
+    self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, train: bool
   ) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array]]:
     """Returns `(scalar loss, (metrics, model outputs))`; outputs feed plugin loss terms."""
 

@@ -43,8 +43,10 @@ class Interrupted(UserError):
 
   def __init__(self, signum: int, step: int, workdir: pathlib.Path):
     self.signum, self.step = signum, step
-    super().__init__(f'{signal.Signals(signum).name} at step {step}: checkpoint saved; run the '
-                     f'same command again to resume from {workdir}')
+    super().__init__(
+      f'{signal.Signals(signum).name} at step {step}: checkpoint saved; run the '
+      f'same command again to resume from {workdir}'
+    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
@@ -69,9 +71,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if plugin.wrap_optimizer is not None:
       tx = plugin.wrap_optimizer(tx)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  state, state_shardings = create_train_state(
-      lambda: task.init_params(init_rng), tx, mesh, rules
-  )
+  state, state_shardings = create_train_state(lambda: task.init_params(init_rng), tx, mesh, rules)
   param_names = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]]
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
 
@@ -80,8 +80,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   eval_batches = task.eval_batches(jax.process_index(), jax.process_count())
 
   # ----------------------------------------------------------------------------- Checkpoint
-  ckpt = Checkpointer(workdir / 'checkpoints', every=config.checkpoint.every,
-                      keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+  ckpt = Checkpointer(
+    workdir / 'checkpoints',
+    every=config.checkpoint.every,
+    keep=config.checkpoint.keep,
+    async_save=config.checkpoint.async_save,
+  )
   restored = ckpt.restore_latest(abstract_like(state))
   start_step = 0
   if restored is not None:
@@ -89,18 +93,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     train_iter.set_state(data_state)
     log.info('resumed from step %d', start_step)
   writer = metrics_lib.create_writer(
-      workdir, resume_step=start_step if restored else None,
-      tensorboard=config.metrics.tensorboard, is_main_process=main_process,
+    workdir,
+    resume_step=start_step if restored else None,
+    tensorboard=config.metrics.tensorboard,
+    is_main_process=main_process,
   )
 
   # ----------------------------------------------------------------------------- Steps
   train_step = jax.jit(
-      _make_train_step(task, plugins, tx, schedule, step_rng, config.optim.grad_accum_steps),
-      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0,
+    make_train_step(task, plugins, tx, schedule, step_rng, config.optim.grad_accum_steps),
+    out_shardings=(state_shardings, sharding.replicated(mesh)),
+    donate_argnums=0,
   )
   eval_step = jax.jit(
-      lambda params, batch: task.loss(params, batch, step_rng, train=False)[1][0],
-      out_shardings=sharding.replicated(mesh),
+    lambda params, batch: task.loss(params, batch, step_rng, train=False)[1][0],
+    out_shardings=sharding.replicated(mesh),
   )
 
   def evaluate(params) -> dict[str, float]:
@@ -109,8 +116,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   # ----------------------------------------------------------------------------- Loop
   progress = metrics_lib.Progress(
-      total_steps, initial_step=start_step, tokens_per_step=task.items_per_batch,
-      disable=not (config.train.progress and main_process),
+    total_steps,
+    initial_step=start_step,
+    tokens_per_step=task.items_per_batch,
+    disable=not (config.train.progress and main_process),
   )
   pending: list[tuple[int, dict]] = []
   last_log_time, last_log_step = time.perf_counter(), start_step
@@ -122,8 +131,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       step += 1
       pending.append((step, step_metrics))
       # Checking the window before every checkpoint means no non-finite state is ever saved.
-      if (step % config.train.log_every == 0 or step % config.checkpoint.every == 0
-          or step == total_steps or signals.caught):
+      if (
+        step % config.train.log_every == 0
+        or step % config.checkpoint.every == 0
+        or step == total_steps
+        or signals.caught
+      ):
         scalars = _summarise(pending, param_names, config.train.check_finite)
         pending = []
         now = time.perf_counter()
@@ -153,11 +166,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   return final
 
 
-def _make_train_step(
-    task: Task, plugins: dict[str, Plugin], tx: optax.GradientTransformation,
-    schedule: optax.Schedule, step_rng: jax.Array, accum_steps: int,
+def make_train_step(
+  task: Task,
+  plugins: dict[str, Plugin],
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  step_rng: jax.Array,
+  accum_steps: int,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """One optimizer update; the batch may be split into `accum_steps` micro-batches."""
+  """The train step (to be jitted): one optimizer update, the batch optionally split into
+  `accum_steps` micro-batches whose gradients are averaged in a `lax.scan`.
+
+  `train_and_evaluate` and `benchmarks/lm_throughput.py` both use it, so the benchmark times
+  exactly what training runs.
+  """
 
   def loss_fn(params, batch, rng):
     loss, (metrics, outputs) = task.loss(params, batch, rng, train=True)
@@ -177,8 +199,8 @@ def _make_train_step(
     else:
       # Micro-batch a takes rows a, a+A, a+2A, ...: each stays spread over the batch shards.
       micro = jax.tree.map(
-          lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1),
-          batch,
+        lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1),
+        batch,
       )
 
       def accumulate(grads_sum, xs):
@@ -194,11 +216,11 @@ def _make_train_step(
     params = optax.apply_updates(state.params, updates)
     bad = jnp.stack([~jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
     metrics = {
-        **{f'train/{k}': v for k, v in metrics.items()},
-        'train/loss': loss,
-        'train/grad_norm': optax.global_norm(grads),
-        'train/lr': schedule(state.step),
-        'nonfinite_grad_leaf': jnp.where(bad.any(), jnp.argmax(bad), -1),
+      **{f'train/{k}': v for k, v in metrics.items()},
+      'train/loss': loss,
+      'train/grad_norm': optax.global_norm(grads),
+      'train/lr': schedule(state.step),
+      'nonfinite_grad_leaf': jnp.where(bad.any(), jnp.argmax(bad), -1),
     }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -212,11 +234,16 @@ def _summarise(pending: list[tuple[int, dict]], param_names: list[str], check: b
     for s, m in host:
       loss, leaf = float(m['train/loss']), int(m['nonfinite_grad_leaf'])
       if not np.isfinite(loss) or leaf >= 0:
-        where = (f'first non-finite gradient leaf: {param_names[leaf]}' if leaf >= 0
-                 else 'all gradient leaves finite')
+        where = (
+          f'first non-finite gradient leaf: {param_names[leaf]}'
+          if leaf >= 0
+          else 'all gradient leaves finite'
+        )
         raise metrics_lib.NonFiniteError(
-            f'non-finite training at step {s} (loss {loss}); {where}. Nothing from this step on '
-            f'was checkpointed.', step=s, leaf=param_names[leaf] if leaf >= 0 else None,
+          f'non-finite training at step {s} (loss {loss}); {where}. Nothing from this step on '
+          f'was checkpointed.',
+          step=s,
+          leaf=param_names[leaf] if leaf >= 0 else None,
         )
   keys = [k for k in host[-1][1] if k != 'nonfinite_grad_leaf']
   return {k: float(np.mean([m[k] for _, m in host])) for k in keys}
@@ -251,19 +278,32 @@ class _SignalCatcher:
 
 
 def write_run_report(
-    config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, final: dict
+  config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, final: dict
 ) -> pathlib.Path:
   """`final_metrics.json`, loss-curve PNGs and `report.md` for a finished run."""
   (workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2, sort_keys=True) + '\n')
   records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl')
-  plots = [report_lib.plot_curves(records, ['train/loss', 'eval/loss'], workdir / 'loss.png',
-                                  title='loss (nats per item)')]
+  plots = [
+    report_lib.plot_curves(
+      records, ['train/loss', 'eval/loss'], workdir / 'loss.png', title='loss (nats per item)'
+    )
+  ]
   if any('eval/bits_per_byte' in r for r in records):
-    plots.append(report_lib.plot_curves(records, ['train/bits_per_byte', 'eval/bits_per_byte'],
-                                        workdir / 'bits_per_byte.png', title='bits per byte'))
+    plots.append(
+      report_lib.plot_curves(
+        records,
+        ['train/bits_per_byte', 'eval/bits_per_byte'],
+        workdir / 'bits_per_byte.png',
+        title='bits per byte',
+      )
+    )
   claim = report_lib.check_claim(config.report.claim, final)
   title = config.report.title or task.title
   return report_lib.write_report(
-      workdir, title=title, config=config, final_metrics=final, plots=plots,
-      claim=claim,
+    workdir,
+    title=title,
+    config=config,
+    final_metrics=final,
+    plots=plots,
+    claim=claim,
   )

@@ -27,10 +27,10 @@ class TrainState:
 
 
 def create_train_state(
-    init_params: Callable[[], Any],
-    tx: optax.GradientTransformation,
-    mesh: Mesh,
-    rules: sharding.Rules,
+  init_params: Callable[[], Any],
+  tx: optax.GradientTransformation,
+  mesh: Mesh,
+  rules: sharding.Rules,
 ) -> tuple[TrainState, TrainState]:
   """Initialises parameters and optimizer state directly into their shardings.
 
@@ -54,8 +54,12 @@ def create_train_state(
   replicated = sharding.replicated(mesh)
   masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  (partitions' holes)
   opt_shardings = optax.tree_map_params(
-      tx, lambda v, s: v if masked(v) else s, abstract_opt, param_shardings,
-      transform_non_params=lambda _: replicated, is_leaf=masked,
+    tx,
+    lambda v, s: v if masked(v) else s,
+    abstract_opt,
+    param_shardings,
+    transform_non_params=lambda _: replicated,
+    is_leaf=masked,
   )
   shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
 

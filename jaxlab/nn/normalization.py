@@ -25,8 +25,10 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     scale = self.param(
-        'scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)), (x.shape[-1],),
-        self.param_dtype,
+      'scale',
+      nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+      (x.shape[-1],),
+      self.param_dtype,
     )
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
@@ -45,12 +47,16 @@ class LayerNorm(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     scale = self.param(
-        'scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)), (d,),
-        self.param_dtype,
+      'scale',
+      nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+      (d,),
+      self.param_dtype,
     )
     bias = self.param(
-        'bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)), (d,),
-        self.param_dtype,
+      'bias',
+      nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+      (d,),
+      self.param_dtype,
     )
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)

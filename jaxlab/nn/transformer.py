@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -92,8 +93,9 @@ class TransformerConfig:
     known = {f.name for f in dataclasses.fields(cls)} - {'vocab_size'}
     unknown = sorted(set(fields) - known)
     if unknown:
-      raise ConfigError(f'model.{unknown[0]}: not a field of the transformer; expected one of '
-                        f'{sorted(known)}')
+      raise ConfigError(
+        f'model.{unknown[0]}: not a field of the transformer; expected one of {sorted(known)}'
+      )
     return cls(vocab_size=vocab_size, **fields)
 
   @property
@@ -141,7 +143,7 @@ class Projection(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.cfg
     kernel = self.param(
-        'kernel', cfg.kernel_init(*self.axes, scale=self.scale), self.shape, cfg.weight_dtype
+      'kernel', cfg.kernel_init(*self.axes, scale=self.scale), self.shape, cfg.weight_dtype
     )
     return jnp.einsum(self.spec, x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype))
 
@@ -156,17 +158,22 @@ class CausalSelfAttention(nn.Module):
   def __call__(self, x: jax.Array, positions: jax.Array, *, deterministic: bool) -> jax.Array:
     cfg = self.cfg
     shape, axes = (cfg.width, cfg.heads, cfg.head_dim), ('embed', 'heads', 'kv')
-    q, k, v = (Projection('btd,dnh->btnh', shape, axes, cfg, name=n)(x)
-               for n in ('query', 'key', 'value'))
+    q, k, v = (
+      Projection('btd,dnh->btnh', shape, axes, cfg, name=n)(x) for n in ('query', 'key', 'value')
+    )
     q = apply_rope(q, positions, cfg.rope_base)
     k = apply_rope(k, positions, cfg.rope_base)
     q, k, v = (nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v))
     out = jax.nn.dot_product_attention(
-        q, k, v, is_causal=True, implementation=cfg.attention_impl or None
+      q, k, v, is_causal=True, implementation=cfg.attention_impl or None
     )
     return Projection(
-        'btnh,nhd->btd', (cfg.heads, cfg.head_dim, cfg.width), ('heads', 'kv', 'embed'), cfg,
-        scale=cfg.residual_scale, name='out',
+      'btnh,nhd->btd',
+      (cfg.heads, cfg.head_dim, cfg.width),
+      ('heads', 'kv', 'embed'),
+      cfg,
+      scale=cfg.residual_scale,
+      name='out',
     )(out)
 
 
@@ -180,12 +187,12 @@ class MLP(nn.Module):
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
     cfg = self.cfg
     dense = functools.partial(
-        nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
+      nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
     )
     h = dense(cfg.mlp_dim, kernel_init=cfg.kernel_init('embed', 'mlp'), name='wi')(x)
     h = nn.with_logical_constraint(ACTIVATIONS.get(cfg.activation)(h), ('batch', 'length', 'mlp'))
     return dense(
-        cfg.width, kernel_init=cfg.kernel_init('mlp', 'embed', scale=cfg.residual_scale), name='wo'
+      cfg.width, kernel_init=cfg.kernel_init('mlp', 'embed', scale=cfg.residual_scale), name='wo'
     )(h)
 
 
@@ -199,15 +206,15 @@ class GLU(nn.Module):
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
     cfg = self.cfg
     dense = functools.partial(
-        nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
+      nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
     )
     gate = dense(cfg.mlp_dim, kernel_init=cfg.kernel_init('embed', 'mlp'), name='wi_gate')(x)
     up = dense(cfg.mlp_dim, kernel_init=cfg.kernel_init('embed', 'mlp'), name='wi_up')(x)
     h = nn.with_logical_constraint(
-        ACTIVATIONS.get(cfg.activation)(gate) * up, ('batch', 'length', 'mlp')
+      ACTIVATIONS.get(cfg.activation)(gate) * up, ('batch', 'length', 'mlp')
     )
     return dense(
-        cfg.width, kernel_init=cfg.kernel_init('mlp', 'embed', scale=cfg.residual_scale), name='wo'
+      cfg.width, kernel_init=cfg.kernel_init('mlp', 'embed', scale=cfg.residual_scale), name='wo'
     )(h)
 
 
@@ -241,10 +248,16 @@ class TransformerLM(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    chex.assert_rank(tokens, 2)
+    chex.assert_type(tokens, int)
     cfg = self.cfg
     embed = nn.Embed(
-        cfg.padded_vocab_size, cfg.width, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-        embedding_init=cfg.kernel_init('vocab', 'embed'), name='embed',
+      cfg.padded_vocab_size,
+      cfg.width,
+      dtype=cfg.compute_dtype,
+      param_dtype=cfg.weight_dtype,
+      embedding_init=cfg.kernel_init('vocab', 'embed'),
+      name='embed',
     )
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
     x = nn.with_logical_constraint(embed(tokens), ('batch', 'length', 'embed'))
@@ -258,9 +271,12 @@ class TransformerLM(nn.Module):
       logits = embed.attend(x)
     else:
       logits = nn.Dense(
-          cfg.padded_vocab_size, use_bias=False, dtype=cfg.compute_dtype,
-          param_dtype=cfg.weight_dtype, kernel_init=cfg.kernel_init('embed', 'vocab'),
-          name='unembed',
+        cfg.padded_vocab_size,
+        use_bias=False,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.weight_dtype,
+        kernel_init=cfg.kernel_init('embed', 'vocab'),
+        name='unembed',
       )(x)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
     valid = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,8 +37,9 @@ class LanguageModelingTask:
     if d.source in ('text', 'tokens') and not d.path:
       raise ConfigError(f"data.path: expected a file for data.source={d.source!r}, got ''")
     if d.source in ('tokens', 'synthetic') and d.vocab_size <= 0:
-      raise ConfigError(f'data.vocab_size: expected the vocabulary size of the {d.source} data, '
-                        f'got {d.vocab_size}')
+      raise ConfigError(
+        f'data.vocab_size: expected the vocabulary size of the {d.source} data, got {d.vocab_size}'
+      )
     self._data_cfg = d
     if d.source == 'synthetic':
       data.SYNTHETIC_TASKS.get(d.synthetic, 'data.synthetic')
@@ -45,15 +47,19 @@ class LanguageModelingTask:
     else:
       try:
         self._train, self._val = data.load_corpus(
-            d.source, d.path, val_fraction=d.val_fraction, dtype=d.token_dtype
+          d.source, d.path, val_fraction=d.val_fraction, dtype=d.token_dtype
         )
       except (OSError, ValueError) as e:
         raise ConfigError(f'data: {e}') from None
       need = d.batch_size * (d.seq_len + 1)
       if self._val.size < need:
-        raise ConfigError(f'data.val_fraction: the validation split has {self._val.size} tokens, '
-                          f'expected at least batch_size x (seq_len + 1) = {need}')
-    vocab_size = d.vocab_size if d.source in ('tokens', 'synthetic') else data.ByteTokenizer.vocab_size
+        raise ConfigError(
+          f'data.val_fraction: the validation split has {self._val.size} tokens, '
+          f'expected at least batch_size x (seq_len + 1) = {need}'
+        )
+    vocab_size = (
+      d.vocab_size if d.source in ('tokens', 'synthetic') else data.ByteTokenizer.vocab_size
+    )
     self.model = build_model(config.model, vocab_size)
     max_len = getattr(self.model.cfg, 'max_len', d.seq_len)
     if d.seq_len > max_len:
@@ -67,10 +73,11 @@ class LanguageModelingTask:
     return self.model.init(rng, tokens)['params']
 
   def loss(
-      self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, train: bool
+    self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, train: bool
   ) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array]]:
+    chex.assert_equal_shape([batch['inputs'], batch['targets']])
     logits = self.model.apply(
-        {'params': params}, batch['inputs'], deterministic=not train, rngs={'dropout': rng}
+      {'params': params}, batch['inputs'], deterministic=not train, rngs={'dropout': rng}
     )
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets'])
     mask = batch.get('mask')
@@ -87,23 +94,41 @@ class LanguageModelingTask:
     d = self._data_cfg
     if d.source == 'synthetic':
       return data.SyntheticIterator(
-          d.synthetic, batch_size=d.batch_size, seq_len=d.seq_len, vocab_size=d.vocab_size,
-          seed=seed, process_index=process_index, process_count=process_count,
+        d.synthetic,
+        batch_size=d.batch_size,
+        seq_len=d.seq_len,
+        vocab_size=d.vocab_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
       )
     return data.WindowIterator(
-        self._train, batch_size=d.batch_size, seq_len=d.seq_len, seed=seed,
-        process_index=process_index, process_count=process_count,
+      self._train,
+      batch_size=d.batch_size,
+      seq_len=d.seq_len,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
     )
 
   def eval_batches(self, process_index: int, process_count: int) -> list[Batch]:
     d = self._data_cfg
     if d.source == 'synthetic':  # held-out draws: a seed no training run uses
       it = data.SyntheticIterator(
-          d.synthetic, batch_size=d.batch_size, seq_len=d.seq_len, vocab_size=d.vocab_size,
-          seed=2**31 - 1, process_index=process_index, process_count=process_count,
+        d.synthetic,
+        batch_size=d.batch_size,
+        seq_len=d.seq_len,
+        vocab_size=d.vocab_size,
+        seed=2**31 - 1,
+        process_index=process_index,
+        process_count=process_count,
       )
       return [next(it) for _ in range(d.eval_batches)]
     return data.eval_batches(
-        self._val, batch_size=d.batch_size, seq_len=d.seq_len, max_batches=d.eval_batches,
-        process_index=process_index, process_count=process_count,
+      self._val,
+      batch_size=d.batch_size,
+      seq_len=d.seq_len,
+      max_batches=d.eval_batches,
+      process_index=process_index,
+      process_count=process_count,
     )

@@ -19,13 +19,25 @@ from tests.conftest import LM, REPO, TINY, finalized_steps, load_params, tiny_co
 
 # Long enough that a kill lands mid-run; every 5 steps a checkpoint.
 STEPS = 300
-RUN = ['run', f'{LM}:tiny', *TINY, f'--config.train.steps={STEPS}', '--config.train.log_every=5',
-       '--config.train.eval_every=1000', '--config.checkpoint.keep=100']
+RUN = [
+  'run',
+  f'{LM}:tiny',
+  *TINY,
+  f'--config.train.steps={STEPS}',
+  '--config.train.log_every=5',
+  '--config.train.eval_every=1000',
+  '--config.checkpoint.keep=100',
+]
 
 
 def _start(workdir: pathlib.Path) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, '-m', 'jaxlab.cli', *RUN, '--workdir', str(workdir)],
-                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [sys.executable, '-m', 'jaxlab.cli', *RUN, '--workdir', str(workdir)],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _wait_for_checkpoint(workdir: pathlib.Path, proc: subprocess.Popen, step: int) -> None:
@@ -38,13 +50,19 @@ def _wait_for_checkpoint(workdir: pathlib.Path, proc: subprocess.Popen, step: in
 
 def _assert_same_params(a: pathlib.Path, b: pathlib.Path) -> None:
   pa, pb = load_params(a), load_params(b)
-  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(pa)[0], jax.tree.leaves(pb)):
+  for (path, x), y in zip(
+    jax.tree_util.tree_flatten_with_path(pa)[0], jax.tree.leaves(pb), strict=True
+  ):
     np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))  # bitwise on CPU
 
 
 def _finish(workdir: pathlib.Path) -> None:
-  done = subprocess.run([sys.executable, '-m', 'jaxlab.cli', *RUN, '--workdir', str(workdir)],
-                        cwd=REPO, capture_output=True, text=True)
+  done = subprocess.run(
+    [sys.executable, '-m', 'jaxlab.cli', *RUN, '--workdir', str(workdir)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
   assert done.returncode == 0, done.stderr[-2000:]
 
 

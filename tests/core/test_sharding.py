@@ -15,13 +15,20 @@ from tests.conftest import LM, REPO, TINY, run_cli
 EIGHT = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
 MESH = ['--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.model=2']
 # heads and mlp divisible by model=2, width by fsdp=2, batch by data*fsdp=4.
-RUN = ['run', f'{LM}:tiny', *TINY, '--config.train.steps=5', '--config.model.heads=4',
-       '--config.checkpoint.every=5']
+RUN = [
+  'run',
+  f'{LM}:tiny',
+  *TINY,
+  '--config.train.steps=5',
+  '--config.model.heads=4',
+  '--config.checkpoint.every=5',
+]
 
 
 def _losses(workdir) -> list[float]:
-  return [r['train/loss'] for r in metrics_lib.read_jsonl(workdir / 'metrics.jsonl')
-          if 'train/loss' in r]
+  return [
+    r['train/loss'] for r in metrics_lib.read_jsonl(workdir / 'metrics.jsonl') if 'train/loss' in r
+  ]
 
 
 def test_sharded_run_matches_single_device(tmp_path):
@@ -34,7 +41,7 @@ def test_sharded_run_matches_single_device(tmp_path):
   assert eight == pytest.approx(one, rel=1e-5)
 
 
-_INSPECT = '''
+_INSPECT = """
 import json, jax, jax.numpy as jnp
 import jaxlab.tasks
 from jaxlab.core import optim, sharding
@@ -58,13 +65,18 @@ out = {
   'embed': [str(s) for s in state.params['embed']['embedding'].sharding.spec],
 }
 print(json.dumps(out))
-'''
+"""
 
 
 def test_parameters_are_sharded_as_the_rules_say():
   args = [f'{LM}:tiny', *TINY, '--config.model.heads=4', *MESH]
-  out = subprocess.run([sys.executable, '-c', 'import sys\n' + _INSPECT, *args], cwd=REPO,
-                       env={**__import__('os').environ, **EIGHT}, capture_output=True, text=True)
+  out = subprocess.run(
+    [sys.executable, '-c', 'import sys\n' + _INSPECT, *args],
+    cwd=REPO,
+    env={**__import__('os').environ, **EIGHT},
+    capture_output=True,
+    text=True,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   got = json.loads(out.stdout.strip().splitlines()[-1])
   assert got['n_devices'] == 8

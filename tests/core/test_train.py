@@ -15,7 +15,9 @@ from tests.conftest import LM, load_params, tiny_config
 
 
 def _leaves_equal(a, b) -> bool:
-  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return all(
+    np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  )
 
 
 def test_tiny_lm_learns_english(tmp_path):
@@ -40,8 +42,12 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path):
   """Mean of micro-batch gradients == gradient of the batch mean (equal micro-batch sizes)."""
   one, acc = tmp_path / 'one', tmp_path / 'acc'
   train_and_evaluate(tiny_config('--config.train.steps=3'), one)
-  train_and_evaluate(tiny_config('--config.train.steps=3', '--config.optim.grad_accum_steps=4'), acc)
-  for x, y in zip(jax.tree.leaves(load_params(one)), jax.tree.leaves(load_params(acc))):
+  train_and_evaluate(
+    tiny_config('--config.train.steps=3', '--config.optim.grad_accum_steps=4'), acc
+  )
+  for x, y in zip(
+    jax.tree.leaves(load_params(one)), jax.tree.leaves(load_params(acc)), strict=True
+  ):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
@@ -56,10 +62,13 @@ def test_freeze_plugin_keeps_matching_params_exactly(tmp_path):
     runs[steps] = load_params(tmp_path / str(steps))
   short, long = runs[2], runs[10]
   np.testing.assert_array_equal(short['embed']['embedding'], long['embed']['embedding'])
-  np.testing.assert_array_equal(short['block_0']['ffn']['wi']['kernel'],
-                                long['block_0']['ffn']['wi']['kernel'])
-  assert not np.allclose(short['block_0']['attention']['query']['kernel'],
-                         long['block_0']['attention']['query']['kernel'])
+  np.testing.assert_array_equal(
+    short['block_0']['ffn']['wi']['kernel'], long['block_0']['ffn']['wi']['kernel']
+  )
+  assert not np.allclose(
+    short['block_0']['attention']['query']['kernel'],
+    long['block_0']['attention']['query']['kernel'],
+  )
 
 
 def test_z_loss_plugin_adds_its_term(tmp_path):
@@ -94,8 +103,12 @@ def test_nonfinite_guard_names_step_and_leaf(tmp_path):
 
 
 def test_synthetic_task_trains(tmp_path):
-  config = tiny_config('--config.data.source=synthetic', '--config.data.synthetic=copy',
-                       '--config.data.vocab_size=16', '--config.train.steps=4')
+  config = tiny_config(
+    '--config.data.source=synthetic',
+    '--config.data.synthetic=copy',
+    '--config.data.vocab_size=16',
+    '--config.train.steps=4',
+  )
   final = train_and_evaluate(config, tmp_path)
   assert np.isfinite(final['eval/loss']) and 0.0 <= final['eval/accuracy'] <= 1.0
   assert 'eval/bits_per_byte' not in final  # not byte-level text
@@ -105,12 +118,21 @@ def test_user_text_and_token_files(tmp_path):
   text = tmp_path / 'book.txt'
   text.write_text('It was the best of times, it was the worst of times. ' * 200)
   final = train_and_evaluate(
-      tiny_config('--config.data.source=text', f'--config.data.path={text}',
-                  '--config.train.steps=2'), tmp_path / 'text')
+    tiny_config(
+      '--config.data.source=text', f'--config.data.path={text}', '--config.train.steps=2'
+    ),
+    tmp_path / 'text',
+  )
   assert np.isfinite(final['eval/bits_per_byte'])
   tokens = tmp_path / 'tokens.npy'
   np.save(tokens, np.random.default_rng(0).integers(0, 1000, 20_000).astype(np.uint16))
   final = train_and_evaluate(
-      tiny_config('--config.data.source=tokens', f'--config.data.path={tokens}',
-                  '--config.data.vocab_size=1000', '--config.train.steps=2'), tmp_path / 'tok')
+    tiny_config(
+      '--config.data.source=tokens',
+      f'--config.data.path={tokens}',
+      '--config.data.vocab_size=1000',
+      '--config.train.steps=2',
+    ),
+    tmp_path / 'tok',
+  )
   assert np.isfinite(final['eval/loss'])

@@ -119,11 +119,17 @@ def test_remat_gives_the_same_loss_and_gradients(dropout):
   tokens = random_tokens(3, length=SEQ + 1)
   rng = jax.random.key(7)
   train = dropout > 0  # with dropout, the recomputed forward pass must redraw the same mask
-  loss, grads = jax.value_and_grad(_loss, argnums=1)(plain, params, tokens, rng, train)
-  loss_r, grads_r = jax.value_and_grad(_loss, argnums=1)(remat, params, tokens, rng, train)
+
+  def loss_and_grads(model):
+    fn = jax.value_and_grad(lambda p: _loss(model, p, tokens, rng, train))
+    return jax.jit(fn)(params)
+
+  loss, grads = loss_and_grads(plain)
+  loss_r, grads_r = loss_and_grads(remat)
   np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
   for g, g_r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_r), strict=True):
-    np.testing.assert_allclose(g_r, g, rtol=1e-5, atol=1e-8)
+    # Recomputation may fuse differently: allow float32 rounding, relative to the leaf's scale.
+    np.testing.assert_allclose(g_r, g, rtol=1e-5, atol=1e-5 * float(jnp.abs(g).max()))
 
 
 def test_every_parameter_carries_logical_axis_names():
