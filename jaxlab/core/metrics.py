@@ -21,7 +21,6 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm import tqdm
 
 _RESERVED_KEYS = ('step', 'time')
@@ -233,42 +232,11 @@ class NonFiniteError(FloatingPointError):
     self.leaf = leaf
 
 
-def first_nonfinite_leaf(tree: Any) -> str | None:
-  """The path (`jax.tree_util.keystr`) of the first leaf holding a NaN or Inf, in flatten order.
+def first_nonfinite_index(tree: Any) -> jax.Array:
+  """Index, in tree-flatten order, of the first leaf holding a NaN or Inf; -1 if none. Jittable.
 
-  Leaves that are not floating point (ints, bools, strings, ...) are ignored. Works on concrete
-  numpy and jax arrays and Python scalars, not on tracers.
-
-  Returns:
-    The path, e.g. `"['params']['dense']['kernel']"`, or None when every leaf is finite.
+  The train step computes it on the gradients on device, so the guard names the culprit without
+  copying any gradient to the host; non-float leaves are always finite.
   """
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    if _has_nonfinite(leaf):
-      return jax.tree_util.keystr(path)
-  return None
-
-
-def _has_nonfinite(leaf: Any) -> bool:
-  if isinstance(leaf, float | complex):
-    leaf = np.asarray(leaf)
-  if not isinstance(leaf, jax.Array | np.ndarray | np.generic):
-    return False
-  if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-    return False
-  return not bool(jnp.isfinite(leaf).all())
-
-
-def check_finite(step: int, loss: float, tree: Any) -> None:
-  """Raises `NonFiniteError` if `loss` is NaN or Inf, naming the first non-finite leaf of `tree`.
-
-  Args:
-    step: the current step, for the message.
-    loss: the step's loss (a Python, numpy or jax scalar).
-    tree: what to search for the culprit, e.g. the gradients or the parameters.
-  """
-  loss = float(loss)
-  if math.isfinite(loss):
-    return
-  leaf = first_nonfinite_leaf(tree)
-  where = 'all leaves are finite' if leaf is None else f'first non-finite leaf: {leaf or "<root>"}'
-  raise NonFiniteError(f'non-finite loss {loss} at step {step}; {where}', step=step, leaf=leaf)
+  bad = jnp.stack([~jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)])
+  return jnp.where(bad.any(), jnp.argmax(bad), -1)

@@ -214,13 +214,12 @@ def make_train_step(
       loss, metrics = losses.mean(), jax.tree.map(jnp.mean, metrics)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    bad = jnp.stack([~jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
     metrics = {
       **{f'train/{k}': v for k, v in metrics.items()},
       'train/loss': loss,
-      'train/grad_norm': optax.global_norm(grads),
+      'train/grad_norm': optax.tree.norm(grads),
       'train/lr': schedule(state.step),
-      'nonfinite_grad_leaf': jnp.where(bad.any(), jnp.argmax(bad), -1),
+      'nonfinite_grad_leaf': metrics_lib.first_nonfinite_index(grads),
     }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
