@@ -16,7 +16,6 @@ Parameters carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`) tha
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import chex
 import flax.linen as nn
@@ -117,6 +116,17 @@ class TransformerConfig:
   def kernel_init(self, *axes: str, scale: float = 1.0) -> nn.initializers.Initializer:
     return nn.with_logical_partitioning(nn.initializers.normal(self.init_std * scale), axes)
 
+  def dense(self, features: int, axes: tuple[str, str], name: str, scale: float = 1.0) -> nn.Dense:
+    """A bias-free `nn.Dense` whose kernel dimensions are named `axes`."""
+    return nn.Dense(
+      features,
+      use_bias=False,
+      dtype=self.compute_dtype,
+      param_dtype=self.weight_dtype,
+      kernel_init=self.kernel_init(*axes, scale=scale),
+      name=name,
+    )
+
   def norm_layer(self, name: str) -> nn.Module:
     return NORMS.get(self.norm)(dtype=self.compute_dtype, param_dtype=self.weight_dtype, name=name)
 
@@ -186,14 +196,9 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
     cfg = self.cfg
-    dense = functools.partial(
-      nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
-    )
-    h = dense(cfg.mlp_dim, kernel_init=cfg.kernel_init('embed', 'mlp'), name='wi')(x)
+    h = cfg.dense(cfg.mlp_dim, ('embed', 'mlp'), 'wi')(x)
     h = nn.with_logical_constraint(ACTIVATIONS.get(cfg.activation)(h), ('batch', 'length', 'mlp'))
-    return dense(
-      cfg.width, kernel_init=cfg.kernel_init('mlp', 'embed', scale=cfg.residual_scale), name='wo'
-    )(h)
+    return cfg.dense(cfg.width, ('mlp', 'embed'), 'wo', scale=cfg.residual_scale)(h)
 
 
 @FFNS.register('glu')
@@ -205,17 +210,12 @@ class GLU(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
     cfg = self.cfg
-    dense = functools.partial(
-      nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
-    )
-    gate = dense(cfg.mlp_dim, kernel_init=cfg.kernel_init('embed', 'mlp'), name='wi_gate')(x)
-    up = dense(cfg.mlp_dim, kernel_init=cfg.kernel_init('embed', 'mlp'), name='wi_up')(x)
+    gate = cfg.dense(cfg.mlp_dim, ('embed', 'mlp'), 'wi_gate')(x)
+    up = cfg.dense(cfg.mlp_dim, ('embed', 'mlp'), 'wi_up')(x)
     h = nn.with_logical_constraint(
       ACTIVATIONS.get(cfg.activation)(gate) * up, ('batch', 'length', 'mlp')
     )
-    return dense(
-      cfg.width, kernel_init=cfg.kernel_init('mlp', 'embed', scale=cfg.residual_scale), name='wo'
-    )(h)
+    return cfg.dense(cfg.width, ('mlp', 'embed'), 'wo', scale=cfg.residual_scale)(h)
 
 
 @BLOCKS.register('prenorm')
@@ -270,14 +270,7 @@ class TransformerLM(nn.Module):
     if cfg.tie_embeddings:
       logits = embed.attend(x)
     else:
-      logits = nn.Dense(
-        cfg.padded_vocab_size,
-        use_bias=False,
-        dtype=cfg.compute_dtype,
-        param_dtype=cfg.weight_dtype,
-        kernel_init=cfg.kernel_init('embed', 'vocab'),
-        name='unembed',
-      )(x)
+      logits = cfg.dense(cfg.padded_vocab_size, ('embed', 'vocab'), 'unembed')(x)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
     valid = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
     return jnp.where(valid, logits, -1e9)

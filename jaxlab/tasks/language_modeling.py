@@ -90,18 +90,22 @@ class LanguageModelingTask:
       metrics['bits_per_byte'] = loss / math.log(2)
     return loss, (metrics, logits)
 
+  def _synthetic(self, seed: int, process_index: int, process_count: int) -> DataIterator:
+    d = self._data_cfg
+    return data.SyntheticIterator(
+      d.synthetic,
+      batch_size=d.batch_size,
+      seq_len=d.seq_len,
+      vocab_size=d.vocab_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+    )
+
   def train_iterator(self, seed: int, process_index: int, process_count: int) -> DataIterator:
     d = self._data_cfg
     if d.source == 'synthetic':
-      return data.SyntheticIterator(
-        d.synthetic,
-        batch_size=d.batch_size,
-        seq_len=d.seq_len,
-        vocab_size=d.vocab_size,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-      )
+      return self._synthetic(seed, process_index, process_count)
     return data.WindowIterator(
       self._train,
       batch_size=d.batch_size,
@@ -114,15 +118,7 @@ class LanguageModelingTask:
   def eval_batches(self, process_index: int, process_count: int) -> list[Batch]:
     d = self._data_cfg
     if d.source == 'synthetic':  # held-out draws: a seed no training run uses
-      it = data.SyntheticIterator(
-        d.synthetic,
-        batch_size=d.batch_size,
-        seq_len=d.seq_len,
-        vocab_size=d.vocab_size,
-        seed=2**31 - 1,
-        process_index=process_index,
-        process_count=process_count,
-      )
+      it = self._synthetic(2**31 - 1, process_index, process_count)
       return [next(it) for _ in range(d.eval_batches)]
     return data.eval_batches(
       self._val,
