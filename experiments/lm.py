@@ -12,6 +12,7 @@ Point it at a real corpus with `--config.data.source=tokens --config.data.path=t
 import ml_collections
 
 from jaxlab.core.config import base_config
+from jaxlab.nn import transformer_config
 
 PAPER_ID = 'lm'
 TITLE = 'Baseline transformer language model (the foundation every LM paper builds on)'
@@ -30,20 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f'experiments/lm.py: expected a scale in {sorted(SCALES)}, got {arg!r}')
   width, depth, heads, mlp, seq_len, batch, steps, lr, warmup, dtype = SCALES[scale]
   c = base_config()
-  c.model = ml_collections.ConfigDict(
-    {
-      'name': 'transformer',
-      'width': width,
-      'depth': depth,
-      'heads': heads,
-      'mlp_dim': mlp,
-      'max_len': seq_len,
-      'ffn': 'mlp',
-      'activation': 'gelu',
-      'norm': 'rmsnorm',
-      'dtype': dtype,
-      'remat': False,
-    }
+  c.model = transformer_config(
+    width=width, depth=depth, heads=heads, mlp_dim=mlp, max_len=seq_len, dtype=dtype
   )
   c.data.seq_len = seq_len
   c.data.batch_size = batch

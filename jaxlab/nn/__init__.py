@@ -4,19 +4,25 @@ from jaxlab.nn import activations, normalization, transformer
 from jaxlab.nn.activations import ACTIVATIONS
 from jaxlab.nn.models import MODELS, build_model
 from jaxlab.nn.normalization import NORMS
+from jaxlab.nn.rnn import NewtonConfig, ParaGRU, ParaLSTM, newton_scan
 from jaxlab.nn.transformer import (
-  ATTENTIONS,
   BLOCKS,
   FFNS,
+  MIXERS,
   TransformerConfig,
   TransformerLM,
+  transformer_config,
 )
 
 __all__ = [
   'ACTIVATIONS',
-  'ATTENTIONS',
   'BLOCKS',
   'FFNS',
+  'MIXERS',
+  'NewtonConfig',
+  'ParaGRU',
+  'ParaLSTM',
+  'newton_scan',
   'MODELS',
   'NORMS',
   'TransformerConfig',
@@ -25,4 +31,5 @@ __all__ = [
   'build_model',
   'normalization',
   'transformer',
+  'transformer_config',
 ]

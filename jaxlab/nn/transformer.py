@@ -3,8 +3,9 @@
 Every part is looked up by name from `TransformerConfig`, so a paper's variant is a registered
 piece, never a forked model:
 
-  block      BLOCKS      'prenorm'            x + attn(norm(x)); x + ffn(norm(x))
-  attention  ATTENTIONS  'causal'             multi-head causal self-attention with RoPE
+  block      BLOCKS      'prenorm'            x + mixer(norm(x)); x + ffn(norm(x))
+  mixer      MIXERS      'attention'          multi-head causal self-attention with RoPE
+                         'paragru', 'paralstm' Newton-parallel recurrences (jaxlab.nn.rnn)
   ffn        FFNS        'mlp', 'glu'         2-matrix MLP; gated (SwiGLU with activation='silu')
   activation ACTIVATIONS 'relu', 'gelu', ...  jaxlab.nn.activations
   norm       NORMS       'rmsnorm', ...       jaxlab.nn.normalization
@@ -16,6 +17,7 @@ Parameters carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`) tha
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import chex
 import flax.linen as nn
@@ -28,9 +30,10 @@ from jaxlab.core.registry import Registry
 from jaxlab.nn.activations import ACTIVATIONS
 from jaxlab.nn.models import MODELS
 from jaxlab.nn.normalization import NORMS
+from jaxlab.nn.rnn import NewtonConfig, ParaGRU, ParaLSTM
 from jaxlab.nn.rope import apply_rope
 
-ATTENTIONS: Registry[type[nn.Module]] = Registry('attention')
+MIXERS: Registry[type[nn.Module]] = Registry('sequence mixer')
 FFNS: Registry[type[nn.Module]] = Registry('ffn')
 BLOCKS: Registry[type[nn.Module]] = Registry('block')
 
@@ -48,7 +51,7 @@ class TransformerConfig:
   mlp_dim: int = 1024
   max_len: int = 256
   block: str = 'prenorm'
-  attention: str = 'causal'
+  mixer: str = 'attention'
   ffn: str = 'mlp'
   activation: str = 'gelu'
   norm: str = 'rmsnorm'
@@ -61,6 +64,8 @@ class TransformerConfig:
   vocab_multiple: int = 128  # the embedding is padded to a multiple of this (shardable, fast)
   attention_impl: str = ''  # '' lets JAX choose; 'xla' or 'cudnn' to force one
   remat: bool = False  # recompute each block in the backward pass (saves memory)
+  rnn_mode: str = 'parallel'  # recurrent mixers: 'parallel' (Newton) or 'sequential' (lax.scan)
+  rnn_iterations: int = 3  # recurrent mixers: Newton iterations (ParaRNN uses 3)
 
   def __post_init__(self):
     def bad(field, expected, got):
@@ -81,7 +86,7 @@ class TransformerConfig:
     if self.attention_impl not in ('', 'xla', 'cudnn'):
       bad('attention_impl', "one of '', 'xla', 'cudnn'", self.attention_impl)
     BLOCKS.get(self.block, 'model.block')
-    ATTENTIONS.get(self.attention, 'model.attention')
+    MIXERS.get(self.mixer, 'model.mixer')
     FFNS.get(self.ffn, 'model.ffn')
     ACTIVATIONS.get(self.activation, 'model.activation')
     NORMS.get(self.norm, 'model.norm')
@@ -158,7 +163,7 @@ class Projection(nn.Module):
     return jnp.einsum(self.spec, x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype))
 
 
-@ATTENTIONS.register('causal')
+@MIXERS.register('attention')
 class CausalSelfAttention(nn.Module):
   """Multi-head causal self-attention, `softmax(q kᵀ / sqrt(d) + causal mask) v`, RoPE on q, k."""
 
@@ -185,6 +190,36 @@ class CausalSelfAttention(nn.Module):
       scale=cfg.residual_scale,
       name='out',
     )(out)
+
+
+class RecurrentMixer(nn.Module):
+  """A ParaRNN cell as the sequence mixer: `W_o RNN(x)`, the RNN's heads = `model.heads`.
+
+  Positions are not used: the recurrence itself is causal and order-aware.
+  """
+
+  cfg: TransformerConfig
+  cell: type[nn.Module]
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array, *, deterministic: bool) -> jax.Array:
+    del positions, deterministic
+    cfg = self.cfg
+    h = self.cell(
+      cfg.width,
+      mode=cfg.rnn_mode,
+      heads=cfg.heads,
+      newton=NewtonConfig(iterations=cfg.rnn_iterations),
+      dtype=cfg.compute_dtype,
+      param_dtype=cfg.weight_dtype,
+      name='cell',
+    )(x)
+    h = nn.with_logical_constraint(h, ('batch', 'length', 'embed'))
+    return cfg.dense(cfg.width, ('kv', 'embed'), 'out', scale=cfg.residual_scale)(h)
+
+
+MIXERS.register('paragru')(functools.partial(RecurrentMixer, cell=ParaGRU))
+MIXERS.register('paralstm')(functools.partial(RecurrentMixer, cell=ParaLSTM))
 
 
 @FFNS.register('mlp')
@@ -220,7 +255,7 @@ class GLU(nn.Module):
 
 @BLOCKS.register('prenorm')
 class PreNormBlock(nn.Module):
-  """Pre-norm residual block: `x += attn(norm(x)); x += ffn(norm(x))` (GPT-2 / LLaMA layout)."""
+  """Pre-norm residual block: `x += mixer(norm(x)); x += ffn(norm(x))` (GPT-2 / LLaMA layout)."""
 
   cfg: TransformerConfig
 
@@ -228,9 +263,9 @@ class PreNormBlock(nn.Module):
   def __call__(self, x: jax.Array, positions: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout)
-    attn = ATTENTIONS.get(cfg.attention)(cfg, name='attention')
+    mixer = MIXERS.get(cfg.mixer)(cfg, name=cfg.mixer)
     ffn = FFNS.get(cfg.ffn)(cfg, name='ffn')
-    h = attn(cfg.norm_layer('attention_norm')(x), positions, deterministic=deterministic)
+    h = mixer(cfg.norm_layer('mixer_norm')(x), positions, deterministic=deterministic)
     x = x + drop(h, deterministic=deterministic)
     h = ffn(cfg.norm_layer('ffn_norm')(x), deterministic=deterministic)
     x = x + drop(h, deterministic=deterministic)
@@ -274,6 +309,17 @@ class TransformerLM(nn.Module):
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
     valid = jnp.arange(cfg.padded_vocab_size) < cfg.vocab_size
     return jnp.where(valid, logits, -1e9)
+
+
+def transformer_config(**overrides) -> ml_collections.ConfigDict:
+  """`config.model` for the transformer with every field present (so each can be overridden
+  from the command line), defaults from `TransformerConfig`, then `overrides`."""
+  defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
+  del defaults['vocab_size']  # the task sets it from its data
+  unknown = sorted(set(overrides) - set(defaults))
+  if unknown:
+    raise ConfigError(f'model.{unknown[0]}: not a field of the transformer')
+  return ml_collections.ConfigDict({'name': 'transformer', **defaults, **overrides})
 
 
 @MODELS.register('transformer')

@@ -31,10 +31,12 @@ def _losses(workdir) -> list[float]:
   ]
 
 
-def test_sharded_run_matches_single_device(tmp_path):
-  single = run_cli(*RUN, '--workdir', str(tmp_path / 'one'), env={'XLA_FLAGS': ''})
+@pytest.mark.parametrize('mixer', ['attention', 'paralstm'])
+def test_sharded_run_matches_single_device(tmp_path, mixer):
+  run = [*RUN, f'--config.model.mixer={mixer}']
+  single = run_cli(*run, '--workdir', str(tmp_path / 'one'), env={'XLA_FLAGS': ''})
   assert single.returncode == 0, single.stderr[-2000:]
-  sharded = run_cli(*RUN, *MESH, '--workdir', str(tmp_path / 'eight'), env=EIGHT)
+  sharded = run_cli(*run, *MESH, '--workdir', str(tmp_path / 'eight'), env=EIGHT)
   assert sharded.returncode == 0, sharded.stderr[-2000:]
   one, eight = _losses(tmp_path / 'one'), _losses(tmp_path / 'eight')
   assert len(one) == len(eight) == 5

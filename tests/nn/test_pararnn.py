@@ -246,3 +246,23 @@ def test_jit_vmap_and_bad_config():
     ParaGRU(5).init(jax.random.key(0), x)
   with pytest.raises(ConfigError, match='omega'):
     NewtonConfig(omega=1.5)
+
+
+@pytest.mark.parametrize('mixer', ['paragru', 'paralstm'])
+def test_recurrent_mixer_in_the_lm_parallel_equals_sequential(mixer):
+  from jaxlab.nn import TransformerConfig, TransformerLM
+
+  tokens = jax.random.randint(jax.random.key(0), (2, 48), 0, 259)
+  cfg = TransformerConfig(vocab_size=259, width=16, depth=2, heads=2, mlp_dim=32, mixer=mixer)
+  variables = TransformerLM(cfg).init(jax.random.key(1), tokens)
+  assert 'cell' in variables['params']['block_0'][mixer]
+  seq = TransformerLM(TransformerConfig(**{**cfg.__dict__, 'rnn_mode': 'sequential'}))
+
+  def loss(model):
+    return lambda v: jnp.mean(jax.nn.logsumexp(model.apply(v, tokens), -1))
+
+  np.testing.assert_allclose(loss(TransformerLM(cfg))(variables), loss(seq)(variables), rtol=1e-5)
+  got = jax.grad(loss(TransformerLM(cfg)))(variables)
+  want = jax.grad(loss(seq))(variables)
+  for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-6)

@@ -156,7 +156,7 @@ def test_every_parameter_carries_logical_axis_names():
   assert specs['block_1/ffn/wi/kernel'] == ('embed', 'mlp')
   assert specs['block_1/ffn/wi_gate/kernel'] == ('embed', 'mlp')
   assert specs['block_1/ffn/wo/kernel'] == ('mlp', 'embed')
-  assert specs['block_0/attention_norm/scale'] == ('embed',)
+  assert specs['block_0/mixer_norm/scale'] == ('embed',)
   assert specs['final_norm/bias'] == ('embed',)
 
 
@@ -297,7 +297,7 @@ def test_layernorm_closed_form():
     (dict(ffn='moe'), 'model.ffn'),
     (dict(activation='swish2'), 'model.activation'),
     (dict(norm='batchnorm'), 'model.norm'),
-    (dict(attention='linear'), 'model.attention'),
+    (dict(mixer='linear'), 'model.mixer'),
     (dict(dtype='float8'), 'model.dtype'),
     (dict(depth=0), 'model.depth'),
   ],
