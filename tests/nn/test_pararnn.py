@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from jaxlab.core.errors import ConfigError
 from jaxlab.nn.rnn import (
   GRUParams,
   LSTMParams,
@@ -238,8 +241,6 @@ def test_jit_vmap_and_bad_config():
   jitted = jax.jit(model.apply)(variables, x)
   per_row = jax.vmap(lambda row: model.apply(variables, row[None])[0])(x)
   np.testing.assert_allclose(jitted, per_row, atol=1e-6)
-  from jaxlab.core.errors import ConfigError
-
   with pytest.raises(ConfigError, match='mode'):
     ParaGRU(4, mode='fast').init(jax.random.key(0), x)
   with pytest.raises(ConfigError, match='features: expected a multiple of heads=2, got 5'):
@@ -266,3 +267,65 @@ def test_recurrent_mixer_in_the_lm_parallel_equals_sequential(mixer):
   want = jax.grad(loss(seq))(variables)
   for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-6)
+
+
+def test_trust_region_step_is_the_least_squares_solution(x64):
+  from jaxlab.nn.rnn.trust_region import trust_region_step
+
+  rng = np.random.default_rng(0)
+  t, d, lam = 40, 3, 0.7
+  a, b, guess = (rng.normal(size=(t, d)) for _ in range(3))
+  h0 = rng.normal(size=d)
+  got = trust_region_step(jnp.array(a), jnp.array(b), jnp.array(h0), jnp.array(guess), lam)
+  for i in range(d):  # rows: h_t − a_t h_{t−1} = b_t, and sqrt(λ) h_t = sqrt(λ) guess_t
+    m, y = np.zeros((2 * t, t)), np.zeros(2 * t)
+    for s in range(t):
+      m[s, s], y[s] = 1.0, b[s, i] + (a[0, i] * h0[i] if s == 0 else 0.0)
+      if s:
+        m[s, s - 1] = -a[s, i]
+      m[t + s, s], y[t + s] = np.sqrt(lam), np.sqrt(lam) * guess[s, i]
+    np.testing.assert_allclose(got[:, i], np.linalg.lstsq(m, y, rcond=None)[0], atol=1e-12)
+
+
+def test_elk_converges_to_the_deer_solution_and_recovers_deer_as_lambda_vanishes(x64):
+  params, xs, h0 = _gru_problem(jnp.float64)
+  jac = diagonal_jacobian(_gru)
+  want = sequential(_gru, params, xs, h0)
+  elk, info = newton_solve(
+    _gru,
+    jac,
+    'diag',
+    params,
+    xs,
+    h0,
+    NewtonConfig(iterations=300, tol=(1e-10, 1e-8), trust_region=0.1),
+  )
+  assert bool(info.converged)
+  np.testing.assert_allclose(elk, want, atol=1e-8)
+  three = NewtonConfig(iterations=3)
+  quasi, _ = newton_solve(_gru, jac, 'diag', params, xs, h0, three)
+  tiny, _ = newton_solve(
+    _gru, jac, 'diag', params, xs, h0, dataclasses.replace(three, trust_region=1e-12)
+  )
+  np.testing.assert_allclose(tiny, quasi, atol=1e-8)
+
+
+def test_elk_stays_bounded_where_undamped_newton_blows_up(x64):
+  """tanh(3h + x) from a zero guess: Jacobians ~3 multiply to 3^T along the sequence."""
+
+  def step(w, h, x):
+    return jnp.tanh(w * h + x)
+
+  def jac(w, h, x):
+    return w * (1.0 - jnp.tanh(w * h + x) ** 2)
+
+  xs = jnp.array(np.random.default_rng(0).normal(size=(2000, 2)) * 0.3)
+  w, h0 = jnp.array([3.0, 2.5]), jnp.zeros(2)
+  newton, _ = newton_solve(step, jac, 'diag', w, xs, h0, NewtonConfig(iterations=1, init='zeros'))
+  assert float(jnp.max(jnp.abs(newton))) >= 1e7  # hit the ±1e8 clip: inf without it
+  elk, _ = newton_solve(
+    step, jac, 'diag', w, xs, h0, NewtonConfig(iterations=1, init='zeros', trust_region=1.0)
+  )
+  assert bool(jnp.all(jnp.isfinite(elk))) and float(jnp.max(jnp.abs(elk))) <= 1.0
+  with pytest.raises(ConfigError, match='trust_region'):
+    newton_solve(step, dense_jacobian(step), 'dense', w, xs, h0, NewtonConfig(trust_region=1.0))

@@ -9,7 +9,8 @@ eq. 6; ParaRNN Sec. 3):
 
 then `H ← H + ω (H^{k+1} − H)` (ω < 1 damps), clipped to ±1e8 with NaN → 0 as in the DEER/ELK
 code. By causality `h_1..h_k` are exact after k iterations, so T iterations always suffice;
-ParaRNN uses a fixed 3, DEER iterates to `|ΔH| ≤ atol + rtol |H|`.
+ParaRNN uses a fixed 3, DEER iterates to `|ΔH| ≤ atol + rtol |H|`. ELK's trust-region step
+(`jaxlab.nn.rnn.trust_region`) stabilises iterates whose Jacobian products explode.
 
 Gradients use implicit differentiation, not back-propagation through the iterations
 (`jax.custom_vjp`): with `g_t = ∂L/∂h_t` the adjoint solves the reverse recurrence
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 
 from jaxlab.core.errors import ConfigError
 from jaxlab.nn.rnn import linear_scan
+from jaxlab.nn.rnn.trust_region import trust_region_step
 
 StepFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, h_prev, x_t) -> h_t
 JacFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, h_prev, x_t) -> J_t
@@ -45,6 +47,7 @@ class NewtonConfig:
     tol: None for a fixed count, else stop when `max|ΔH| ≤ atol + rtol·|H|` (DEER; f32:
       atol 1e-4, rtol 1e-3) — `(atol, rtol)`.
     omega: damping, `H ← H + ω ΔH` (1 = plain Newton).
+    trust_region: λ of the ELK step (0 = Newton/DEER); needs structure 'diag' (quasi-ELK).
     init: 'step' = `f(0, x_t)` for every t (ParaRNN), 'zeros', or 'h0' (h_0 broadcast, DEER).
     fallback: when the final residual `max|H − f(H_prev, x)|` exceeds `fallback_tol`, return the
       sequential solution instead (computed only then, except under vmap). Never silently wrong.
@@ -54,6 +57,7 @@ class NewtonConfig:
   iterations: int = 3
   tol: tuple[float, float] | None = None
   omega: float = 1.0
+  trust_region: float = 0.0
   init: str = 'step'
   fallback: bool = False
   fallback_tol: float = 1e-3
@@ -63,6 +67,8 @@ class NewtonConfig:
       raise ConfigError(f'iterations: expected >= 1, got {self.iterations}')
     if not 0.0 < self.omega <= 1.0:
       raise ConfigError(f'omega: expected a damping factor in (0, 1], got {self.omega}')
+    if self.trust_region < 0:
+      raise ConfigError(f'trust_region: expected lambda >= 0, got {self.trust_region}')
     if self.init not in ('step', 'zeros', 'h0'):
       raise ConfigError(f"init: expected 'step', 'zeros' or 'h0', got {self.init!r}")
 
@@ -95,14 +101,26 @@ def sequential(step: StepFn, params: Any, xs: jax.Array, h0: jax.Array) -> jax.A
 
 
 def newton_iteration(
-  step: StepFn, jac: JacFn, structure: str, params, xs, h0, h, omega: float = 1.0
+  step: StepFn,
+  jac: JacFn,
+  structure: str,
+  params,
+  xs,
+  h0,
+  h,
+  omega: float = 1.0,
+  trust_region: float = 0.0,
 ) -> jax.Array:
-  """One (damped) Newton step from the iterate `h`, solved by the parallel linear scan."""
+  """One Newton step from the iterate `h`, solved by the parallel linear scan; damped by
+  `omega`, or an ELK trust-region step when `trust_region` (λ) > 0 ('diag' only)."""
   prev = _shifted(h0, h)
   f = jax.vmap(step, in_axes=(None, 0, 0))(params, prev, xs)
   a = jax.vmap(jac, in_axes=(None, 0, 0))(params, prev, xs)
   b = f - linear_scan.matvec(structure, a, prev)
-  new = linear_scan.linear_recurrence(structure, a, b, h0)
+  if trust_region > 0:
+    new = trust_region_step(a, b, h0, h, trust_region)
+  else:
+    new = linear_scan.linear_recurrence(structure, a, b, h0)
   new = h + omega * (new - h) if omega != 1.0 else new
   return jnp.clip(jnp.nan_to_num(new, nan=0.0), -CLIP, CLIP)
 
@@ -141,8 +159,20 @@ def newton_solve(
     States `[T, *h0.shape]` and a `NewtonInfo`.
   """
   h = initial_guess(step, params, xs, h0, config.init) if guess is None else guess
+  if config.trust_region > 0 and structure != 'diag':
+    raise ConfigError(
+      f"trust_region: the ELK step needs structure 'diag' (quasi-ELK), got {structure!r}"
+    )
   iterate = functools.partial(
-    newton_iteration, step, jac, structure, params, xs, h0, omega=config.omega
+    newton_iteration,
+    step,
+    jac,
+    structure,
+    params,
+    xs,
+    h0,
+    omega=config.omega,
+    trust_region=config.trust_region,
   )
   if config.tol is None:
     h = jax.lax.fori_loop(0, config.iterations, lambda _, h: iterate(h), h)
