@@ -97,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
         'target': 0.0,
         'paper_value': '',
         'scale_note': '',
+        'baseline': '',  # '' = absolute; 'field=value' = relative to that sweep point
       },
     }
   )

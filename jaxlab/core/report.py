@@ -84,8 +84,11 @@ class ClaimCheck:
     target: the threshold our measurement is compared against.
     paper_value: the paper's number, as the paper reports it (free text, may be '').
     scale_note: how our scale differs from the paper's.
-    measured: our value of `metric`; None when it was not measured.
+    measured: our value of `metric` (divided by the baseline's when `baseline` is set); None
+      when it was not measured.
     held: whether the claim held; None when the metric was not measured.
+    baseline: '' for an absolute claim; else the sweep point (`field=value`) whose `metric`
+      the measurement is divided by (e.g. "ParaGRU's bits/byte within 10% of attention's").
   """
 
   text: str
@@ -96,6 +99,7 @@ class ClaimCheck:
   scale_note: str
   measured: float | None
   held: bool | None
+  baseline: str = ''
 
   @property
   def verdict(self) -> str:
@@ -106,14 +110,18 @@ class ClaimCheck:
 
 
 def check_claim(
-  claim: Mapping | ml_collections.ConfigDict, metrics: Mapping[str, float]
+  claim: Mapping | ml_collections.ConfigDict,
+  metrics: Mapping[str, float],
+  baseline_metrics: Mapping[str, float] | None = None,
 ) -> ClaimCheck | None:
   """Compares an experiment's claim with the run's final metrics.
 
   Args:
     claim: the experiment's `claim` config: `text`, `metric`, `op`, `target`, `paper_value`,
-      `scale_note`.
+      `scale_note`, and `baseline` ('' or a sweep point `field=value` for a relative claim).
     metrics: the run's final metrics. A NaN measurement does not hold.
+    baseline_metrics: the baseline point's final metrics, for a relative claim; without them
+      a relative claim is "not measured" (a single run cannot check it; the sweep report does).
 
   Returns:
     The check, or None when `claim.text` is empty (the experiment declares no claim).
@@ -126,18 +134,22 @@ def check_claim(
   op = claim['op']
   if op not in _OPS:
     raise ConfigError(f'claim.op must be one of {list(_OPS)}, got {op!r}')
-  target = float(claim['target'])
+  baseline = claim.get('baseline', '')
   measured = metrics.get(claim['metric'])
+  if baseline:
+    base = None if baseline_metrics is None else baseline_metrics.get(claim['metric'])
+    measured = None if measured is None or base is None else float(measured) / float(base)
   measured = None if measured is None else float(measured)
   return ClaimCheck(
     text=claim['text'],
     metric=claim['metric'],
     op=op,
-    target=target,
+    target=float(claim['target']),
     paper_value=claim['paper_value'],
     scale_note=claim['scale_note'],
     measured=measured,
-    held=None if measured is None else bool(_OPS[op](measured, target)),
+    held=None if measured is None else bool(_OPS[op](measured, float(claim['target']))),
+    baseline=baseline,
   )
 
 
@@ -186,17 +198,79 @@ def write_report(
 def _claim_section(claim: ClaimCheck | None) -> str:
   if claim is None:
     return '## Claim\n\nThis experiment declares no claim.'
-  measured = 'not measured' if claim.measured is None else _format_number(claim.measured)
-  row = [
-    claim.text,
-    claim.paper_value,
-    f'{claim.metric} = {measured}',
-    f'{claim.metric} {claim.op} {_format_number(claim.target)}',
-    claim.scale_note,
-    f'**{claim.verdict}**',
-  ]
+  return '## Claim\n\n' + _claim_table([claim]) + _claim_footer(claim)
+
+
+def _claim_quantity(claim: ClaimCheck) -> str:
+  if claim.baseline:
+    return f'{claim.metric} / {claim.metric}[{claim.baseline}]'
+  return claim.metric
+
+
+def _claim_table(claims: Sequence[ClaimCheck], labels: Sequence[str] = ()) -> str:
+  rows = []
+  for i, claim in enumerate(claims):
+    measured = 'not measured' if claim.measured is None else _format_number(claim.measured)
+    quantity = _claim_quantity(claim)
+    row = [
+      claim.text,
+      claim.paper_value,
+      f'{quantity} = {measured}',
+      f'{quantity} {claim.op} {_format_number(claim.target)}',
+      claim.scale_note,
+      f'**{claim.verdict}**',
+    ]
+    rows.append([labels[i], *row] if labels else row)
   header = ["Paper's claim", "Paper's value", 'Our measurement', 'Target', 'Scale difference']
-  return '## Claim\n\n' + _table([*header, 'Held?'], [row]) + f'\n\nThe claim {claim.verdict}.'
+  header = [*header, 'Held?']
+  return _table(['Point', *header] if labels else header, rows)
+
+
+def _claim_footer(claim: ClaimCheck) -> str:
+  if claim.baseline and claim.measured is None:
+    return (
+      f"\n\nThis claim is relative to the sweep point `{claim.baseline}`: the sweep's "
+      'report.md checks it.'
+    )
+  return f'\n\nThe claim {claim.verdict}.'
+
+
+def write_sweep_report(
+  workdir: str | os.PathLike,
+  *,
+  title: str,
+  rows: Sequence[Mapping],
+  fields: Sequence[str],
+  claim: Mapping | ml_collections.ConfigDict,
+  plots: Sequence[str | os.PathLike] = (),
+) -> pathlib.Path:
+  """`workdir/report.md` for a sweep: one row per point, and the claim checked per point.
+
+  A relative claim (`claim.baseline = 'field=value'`) compares every other point with that one.
+  """
+  workdir = pathlib.Path(workdir)
+  metrics = sorted({k for r in rows for k in r if '/' in k or k == 'wall_time_s'})
+  table = _table(
+    ['Point', *metrics],
+    [[r['point'], *(_format_number(r[m]) if m in r else '' for m in metrics)] for r in rows],
+  )
+  parts = [f'# {title}', f'## Points ({", ".join(fields)})\n\n{table}']
+  baseline_row = None
+  if claim.get('baseline'):
+    field, _, value = claim['baseline'].partition('=')
+    baseline_row = next((r for r in rows if str(r.get(field)) == value), None)
+  checks = [
+    (r['point'], check_claim(claim, r, baseline_row)) for r in rows if r is not baseline_row
+  ]
+  checks = [(p, c) for p, c in checks if c is not None]
+  if checks:
+    parts.append('## Claim\n\n' + _claim_table([c for _, c in checks], [p for p, _ in checks]))
+  if plots:
+    links = [f'![{pathlib.Path(p).stem}]({pathlib.Path(p).name})' for p in plots]
+    parts.append('## Plots\n\n' + '\n\n'.join(links))
+  path = workdir / 'report.md'
+  path.write_text('\n\n'.join(parts) + '\n', encoding='utf-8')
+  return path
 
 
 def _metrics_section(metrics: Mapping[str, float]) -> str:

@@ -5,7 +5,8 @@
 
 Points run one after another here (the scaling issue adds vectorised and multi-device points);
 a finished point (its `final_metrics.json` exists) is skipped, an interrupted one resumes from
-its checkpoint. Results go to `results.csv` and `sweep.png`.
+its checkpoint. Results go to `results.csv`, `sweep.png` and `report.md` (the experiment's claim
+checked per point, or relative to a baseline point when `report.claim.baseline` names one).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import ml_collections
 
 from jaxlab.core.config import load_config
 from jaxlab.core.errors import ConfigError
-from jaxlab.core.report import plot_curves
+from jaxlab.core.report import plot_curves, write_sweep_report
 
 Grid = list[tuple[str, list[str]]]
 
@@ -78,13 +79,26 @@ def run_sweep(
       train_fn(config, point_dir)
     rows.append({'point': point_name(point), **point, **json.loads(done.read_text())})
   _write_csv(rows, workdir / 'results.csv')
+  fields = [f for f, _ in parse_grid(grid_specs)]
+  plots = []
   metric = 'eval/loss'
   if len(points) > 1 and all(metric in r for r in rows):
-    plot_sweep(rows, [f for f, _ in parse_grid(grid_specs)], metric, workdir / 'sweep.png')
+    plots.append(plot_sweep(rows, fields, metric, workdir / 'sweep.png'))
+  title = configs[0].report.title or pathlib.Path(spec.split(':')[0]).stem
+  write_sweep_report(
+    workdir,
+    title=f'Sweep: {title}',
+    rows=rows,
+    fields=fields,
+    claim=configs[0].report.claim,
+    plots=plots,
+  )
   return rows
 
 
-def plot_sweep(rows: list[dict], fields: list[str], metric: str, path: pathlib.Path) -> None:
+def plot_sweep(
+  rows: list[dict], fields: list[str], metric: str, path: pathlib.Path
+) -> pathlib.Path:
   """`metric` against the first grid field, one line per combination of the other fields."""
   x, others = fields[0], fields[1:]
   records, labels = [], []
@@ -97,7 +111,9 @@ def plot_sweep(rows: list[dict], fields: list[str], metric: str, path: pathlib.P
     except ValueError:  # a categorical field (e.g. model.ffn) stays a string
       pass
     records.append({x: value, label: r[metric]})
-  plot_curves(records, list(dict.fromkeys(labels)), path, title=f'{metric} over the sweep', xkey=x)
+  return plot_curves(
+    records, list(dict.fromkeys(labels)), path, title=f'{metric} over the sweep', xkey=x
+  )
 
 
 def _write_csv(rows: list[dict], path: pathlib.Path) -> None:

@@ -66,6 +66,8 @@ class TransformerConfig:
   remat: bool = False  # recompute each block in the backward pass (saves memory)
   rnn_mode: str = 'parallel'  # recurrent mixers: 'parallel' (Newton) or 'sequential' (lax.scan)
   rnn_iterations: int = 3  # recurrent mixers: Newton iterations (ParaRNN uses 3)
+  rnn_heads: int = 1  # recurrent mixers: input-projection heads (1: 4·width² params = attention)
+  rnn_fallback_tol: float = 0.0  # > 0: a batch whose Newton residual exceeds it runs lax.scan
 
   def __post_init__(self):
     def bad(field, expected, got):
@@ -193,7 +195,9 @@ class CausalSelfAttention(nn.Module):
 
 
 class RecurrentMixer(nn.Module):
-  """A ParaRNN cell as the sequence mixer: `W_o RNN(x)`, the RNN's heads = `model.heads`.
+  """A ParaRNN cell as the sequence mixer: `W_o RNN(x)` with `model.rnn_heads` input heads.
+
+  With one head its parameters (3·width² input + width² output) match attention's 4·width².
 
   Positions are not used: the recurrence itself is causal and order-aware.
   """
@@ -208,8 +212,12 @@ class RecurrentMixer(nn.Module):
     h = self.cell(
       cfg.width,
       mode=cfg.rnn_mode,
-      heads=cfg.heads,
-      newton=NewtonConfig(iterations=cfg.rnn_iterations),
+      heads=cfg.rnn_heads,
+      newton=NewtonConfig(
+        iterations=cfg.rnn_iterations,
+        fallback=cfg.rnn_fallback_tol > 0,
+        fallback_tol=cfg.rnn_fallback_tol or 1e-3,
+      ),
       dtype=cfg.compute_dtype,
       param_dtype=cfg.weight_dtype,
       name='cell',

@@ -26,6 +26,16 @@ from jaxlab.nn import build_model
 SOURCES = ('embedded', 'text', 'tokens', 'synthetic')
 
 
+def sown_scalars(intermediates: Any) -> dict[str, jax.Array]:
+  """Scalars a layer `sow`ed (e.g. ParaRNN's `newton_residual`), max over layers, by name."""
+  out: dict[str, jax.Array] = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(intermediates)[0]:
+    name = next(str(k.key) for k in reversed(path) if hasattr(k, 'key'))
+    value = jnp.max(jnp.asarray(value, jnp.float32))
+    out[name] = jnp.maximum(out[name], value) if name in out else value
+  return out
+
+
 @TASKS.register('lm')
 class LanguageModelingTask:
   """Causal LM on `config.data` with the model `config.model`."""
@@ -76,8 +86,12 @@ class LanguageModelingTask:
     self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, train: bool
   ) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array]]:
     chex.assert_equal_shape([batch['inputs'], batch['targets']])
-    logits = self.model.apply(
-      {'params': params}, batch['inputs'], deterministic=not train, rngs={'dropout': rng}
+    logits, state = self.model.apply(
+      {'params': params},
+      batch['inputs'],
+      deterministic=not train,
+      rngs={'dropout': rng},
+      mutable=['intermediates'],
     )
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets'])
     mask = batch.get('mask')
@@ -88,6 +102,7 @@ class LanguageModelingTask:
     metrics = {'loss': loss, 'accuracy': (correct * mask).sum() / denom}
     if self.byte_level:
       metrics['bits_per_byte'] = loss / math.log(2)
+    metrics.update(sown_scalars(state.get('intermediates', {})))
     return loss, (metrics, logits)
 
   def _synthetic(self, seed: int, process_index: int, process_count: int) -> DataIterator:

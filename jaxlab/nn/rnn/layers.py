@@ -68,12 +68,23 @@ class _Recurrent(nn.Module):
     )
 
   def _run(self, step, jac, structure: str, params, u: jax.Array, h0: jax.Array) -> jax.Array:
-    if self.mode == 'sequential':
+    def run_sequential():
       return jax.vmap(lambda u_b: sequential(step, params, u_b, h0))(u)
-    states, info = jax.vmap(
-      lambda u_b: newton_scan(step, jac, structure, params, u_b, h0, self.newton)
-    )(u)
-    self.sow('intermediates', 'newton_residual', jnp.max(info.residual))
+
+    if self.mode == 'sequential':
+      return run_sequential()
+    # The fallback is decided once for the whole batch, outside the vmap, so the sequential
+    # scan only runs when some sequence did not converge (a per-row cond would become a select).
+    solver = dataclasses.replace(self.newton, fallback=False)
+    states, info = jax.vmap(lambda u_b: newton_scan(step, jac, structure, params, u_b, h0, solver))(
+      u
+    )
+    residual = jnp.max(info.residual)
+    if self.newton.fallback:
+      fallback = residual > self.newton.fallback_tol
+      states = jax.lax.cond(fallback, run_sequential, lambda: states)
+      self.sow('intermediates', 'newton_fallback', fallback.astype(jnp.float32))
+    self.sow('intermediates', 'newton_residual', residual)
     self.sow('intermediates', 'newton_iterations', jnp.max(info.iterations))
     return states
 
