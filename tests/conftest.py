@@ -90,7 +90,7 @@ def pytest_collection_modifyitems(config, items):
   )
   has_gpu = any(d.platform == 'gpu' for d in jax.devices())
   for item in items:
-    if in_ci and 'slow' in item.keywords:
+    if in_ci and item.get_closest_marker('slow'):
       item.add_marker(skip_slow)
-    if 'gpu' in item.keywords and not has_gpu:
+    if item.get_closest_marker('gpu') and not has_gpu:
       item.add_marker(skip_gpu)
