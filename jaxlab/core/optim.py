@@ -19,8 +19,15 @@ OPTIMIZERS: Registry[OptimizerFactory] = Registry('optimizer')
 
 
 def _decay_mask(params):
-  """Weight decay on matrices only, not on gains, biases or scalars (GPT-2 / LLaMA practice)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on weight matrices only: not on gains, biases or scalars (GPT-2 / LLaMA
+  practice). A leaf is decayed when it has >= 2 dimensions and its name has no 'bias'/'scale'
+  (so a `[gates, D]` bias block is not decayed)."""
+
+  def decayed(path, p):
+    name = str(getattr(path[-1], 'key', path[-1])) if path else ''
+    return p.ndim >= 2 and 'bias' not in name and 'scale' not in name
+
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 @OPTIMIZERS.register('adamw')

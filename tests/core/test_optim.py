@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -54,3 +55,14 @@ def test_plugin_config_errors_name_the_plugin():
     build_plugins(ml_collections.ConfigDict({'z_loss': {'weight': 1.0}}))
   with pytest.raises(ConfigError, match='plugins.freeze.pattern'):
     build_plugins(ml_collections.ConfigDict({'freeze': {'pattern': '(['}}))
+
+
+def test_adamw_does_not_decay_2d_biases():
+  o = base_config().optim
+  o.lr, o.warmup_steps, o.weight_decay, o.clip_norm = 0.1, 0, 0.5, 0.0
+  tx, _ = make_optimizer(o, total_steps=10)
+  params = {'input_bias': jnp.ones((3, 2)), 'recurrent': jnp.ones((3, 2))}
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_array_equal(updates['input_bias'], np.zeros((3, 2)))
+  assert float(updates['recurrent'][0, 0]) == pytest.approx(-0.05)

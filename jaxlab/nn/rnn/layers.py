@@ -63,9 +63,10 @@ class _Recurrent(nn.Module):
     return u.reshape(b_, t_, gates, self.features) + bias
 
   def _recurrent_diag(self, name: str, rows: int) -> jax.Array:
-    return (
-      self.param(name, nn.initializers.uniform(1.0), (rows, self.features), self.param_dtype) - 0.5
-    )
+    def init(key, shape, dtype=jnp.float32):
+      return jax.random.uniform(key, shape, dtype, -0.5, 0.5)
+
+    return self.param(name, init, (rows, self.features), self.param_dtype)
 
   def _run(self, step, jac, structure: str, params, u: jax.Array, h0: jax.Array) -> jax.Array:
     def run_sequential():
