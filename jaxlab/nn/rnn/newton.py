@@ -212,7 +212,9 @@ def newton_scan(
   """`newton_solve` with gradients by implicit differentiation (the adjoint scan above).
 
   The backward pass recomputes the Jacobians at the solution (one parallel evaluation) instead
-  of storing them, so memory is that of the states. Differentiable w.r.t. `params`, `xs`, `h0`.
+  of storing them, so memory is that of the states. Differentiable w.r.t. `params`, `xs`, `h0`;
+  the returned `NewtonInfo` is a diagnostic (its cotangent is ignored). The gradient is exact
+  for the returned states, i.e. up to the forward residual.
   """
   return _newton_scan(step, jac, structure, config, params, xs, h0)
 
