@@ -26,13 +26,17 @@ class GRUParams(NamedTuple):
   a: jax.Array  # [3, D]: recurrent diagonals a_z, a_r, a_h
 
 
-def gru_step(params: GRUParams, h: jax.Array, u: jax.Array) -> jax.Array:
-  """ParaGRU: `z = σ(a_z⊙h + u_z)`, `r = σ(a_r⊙h + u_r)`, `ĥ = tanh(a_h⊙(h⊙r) + u_h)`,
-  `h' = z⊙ĥ + (1−z)⊙h`; `u` is `[3, D]` = `B x + b` for z, r, ĥ."""
+def _gru_gates(params: GRUParams, h: jax.Array, u: jax.Array) -> tuple[jax.Array, ...]:
   a_z, a_r, a_h = params.a
   z = jax.nn.sigmoid(a_z * h + u[0])
   r = jax.nn.sigmoid(a_r * h + u[1])
-  h_hat = jnp.tanh(a_h * (h * r) + u[2])
+  return z, r, jnp.tanh(a_h * (h * r) + u[2])
+
+
+def gru_step(params: GRUParams, h: jax.Array, u: jax.Array) -> jax.Array:
+  """ParaGRU: `z = σ(a_z⊙h + u_z)`, `r = σ(a_r⊙h + u_r)`, `ĥ = tanh(a_h⊙(h⊙r) + u_h)`,
+  `h' = z⊙ĥ + (1−z)⊙h`; `u` is `[3, D]` = `B x + b` for z, r, ĥ."""
+  z, _, h_hat = _gru_gates(params, h, u)
   return z * h_hat + (1.0 - z) * h
 
 
@@ -40,9 +44,7 @@ def gru_jacobian(params: GRUParams, h: jax.Array, u: jax.Array) -> jax.Array:
   """Diagonal of `∂h'/∂h`:
   `(1−z) + (ĥ−h)⊙a_z⊙σ'(p_z) + z⊙a_h⊙tanh'(p_h)⊙(r + h⊙a_r⊙σ'(p_r))`."""
   a_z, a_r, a_h = params.a
-  z = jax.nn.sigmoid(a_z * h + u[0])
-  r = jax.nn.sigmoid(a_r * h + u[1])
-  h_hat = jnp.tanh(a_h * (h * r) + u[2])
+  z, r, h_hat = _gru_gates(params, h, u)
   dr = a_r * _dsigmoid(r)
   return (1.0 - z) + (h_hat - h) * a_z * _dsigmoid(z) + z * a_h * (1.0 - h_hat**2) * (r + h * dr)
 
@@ -52,27 +54,28 @@ class LSTMParams(NamedTuple):
   p: jax.Array  # [2, D]: peepholes p_f (on c_{t-1}), p_o (on c_t)
 
 
-def lstm_step(params: LSTMParams, s: jax.Array, u: jax.Array) -> jax.Array:
-  """ParaLSTM (coupled input/forget gate, peepholes); state `s = [D, 2]` holds `(c, h)`:
-  `f = σ(a_f⊙h + u_f + p_f⊙c)`, `ĉ = tanh(a_c⊙h + u_c)`, `c' = f⊙c + (1−f)⊙ĉ`,
-  `o = σ(a_o⊙h + u_o + p_o⊙c')`, `h' = o⊙tanh(c')`."""
+def _lstm_gates(params: LSTMParams, s: jax.Array, u: jax.Array) -> tuple[jax.Array, ...]:
   (a_f, a_c, a_o), (p_f, p_o) = params.a, params.p
   c, h = s[..., 0], s[..., 1]
   f = jax.nn.sigmoid(a_f * h + u[0] + p_f * c)
   c_hat = jnp.tanh(a_c * h + u[1])
   c_new = f * c + (1.0 - f) * c_hat
-  o = jax.nn.sigmoid(a_o * h + u[2] + p_o * c_new)
+  return f, c_hat, c_new, jax.nn.sigmoid(a_o * h + u[2] + p_o * c_new)
+
+
+def lstm_step(params: LSTMParams, s: jax.Array, u: jax.Array) -> jax.Array:
+  """ParaLSTM (coupled input/forget gate, peepholes); state `s = [D, 2]` holds `(c, h)`:
+  `f = σ(a_f⊙h + u_f + p_f⊙c)`, `ĉ = tanh(a_c⊙h + u_c)`, `c' = f⊙c + (1−f)⊙ĉ`,
+  `o = σ(a_o⊙h + u_o + p_o⊙c')`, `h' = o⊙tanh(c')`."""
+  _, _, c_new, o = _lstm_gates(params, s, u)
   return jnp.stack([c_new, o * jnp.tanh(c_new)], axis=-1)
 
 
 def lstm_jacobian(params: LSTMParams, s: jax.Array, u: jax.Array) -> jax.Array:
   """The D 2×2 blocks `[[∂c'/∂c, ∂c'/∂h], [∂h'/∂c, ∂h'/∂h]]`, shape `[D, 2, 2]`."""
   (a_f, a_c, a_o), (p_f, p_o) = params.a, params.p
-  c, h = s[..., 0], s[..., 1]
-  f = jax.nn.sigmoid(a_f * h + u[0] + p_f * c)
-  c_hat = jnp.tanh(a_c * h + u[1])
-  c_new = f * c + (1.0 - f) * c_hat
-  o = jax.nn.sigmoid(a_o * h + u[2] + p_o * c_new)
+  c = s[..., 0]
+  f, c_hat, c_new, o = _lstm_gates(params, s, u)
   df_dc, df_dh = _dsigmoid(f) * p_f, _dsigmoid(f) * a_f
   dchat_dh = (1.0 - c_hat**2) * a_c
   dcn_dc = f + (c - c_hat) * df_dc
