@@ -222,8 +222,8 @@ class RecurrentMixer(nn.Module):
       param_dtype=cfg.weight_dtype,
       name='cell',
     )(x)
-    h = nn.with_logical_constraint(h, ('batch', 'length', 'embed'))
-    return cfg.dense(cfg.width, ('kv', 'embed'), 'out', scale=cfg.residual_scale)(h)
+    h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
+    return cfg.dense(cfg.width, ('mlp', 'embed'), 'out', scale=cfg.residual_scale)(h)
 
 
 MIXERS.register('paragru')(functools.partial(RecurrentMixer, cell=ParaGRU))

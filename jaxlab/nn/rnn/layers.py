@@ -52,7 +52,7 @@ class _Recurrent(nn.Module):
       'input_kernel',
       nn.with_logical_partitioning(
         nn.initializers.glorot_uniform(in_axis=1, out_axis=3, batch_axis=(0, 2)),
-        ('heads', None, None, None),
+        (None, 'embed', None, 'mlp'),
       ),
       (h, d_in // h, gates, dh),
       self.param_dtype,
