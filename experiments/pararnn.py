@@ -7,6 +7,8 @@ Every scale is one config whose sequence mixer is `model.mixer`; the comparison 
   jaxlab sweep experiments/pararnn.py:parity --grid model.mixer=attention,paragru,paralstm \
       --workdir runs/pararnn_parity   # running parity: needs nonlinear state tracking
   jaxlab run experiments/pararnn.py:gpu --workdir runs/pararnn_gpu   # one GPU
+  jaxlab sweep experiments/pararnn.py:parity --grid model.rnn_iterations=3,10 \
+      --config.model.rnn_fallback_tol=0.0 --workdir runs/pararnn_iters  # are 3 iterations enough?
 
 The recurrent mixers have one input head, so their parameters (3·d² input + d² output per layer)
 match attention's 4·d²; the FFN, norms and embeddings are shared. Training logs
