@@ -1,0 +1,64 @@
+"""The benchmark scripts run (on tiny settings) and report sane numbers, so they never rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import LM, REPO
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_lm_throughput_runs(tmp_path):
+  out = _run(
+    'benchmarks/lm_throughput.py',
+    f'{LM}:tiny',
+    '--steps',
+    '2',
+    '--warmup',
+    '1',
+    '--config.model.width=32',
+    '--config.model.depth=1',
+    '--config.data.seq_len=32',
+    '--config.model.max_len=32',
+    '--json',
+    str(tmp_path / 'lm.json'),
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  numbers = json.loads((tmp_path / 'lm.json').read_text())
+  assert numbers['tokens_per_step'] == 16 * 32
+  assert numbers['tokens_per_s'] > 0 and numbers['mfu'] is None  # no meaningful CPU peak
+  # PaLM convention: 6·N_nonembedding + 12·depth·width·seq_len per token.
+  n, attn = numbers['params_nonembedding'], 12 * 1 * 32 * 32
+  assert numbers['model_flops_per_token'] == 6 * n + attn
+  assert 'tokens/s' in out.stdout and 'MFU' in out.stdout
+
+
+def test_pararnn_speed_runs(tmp_path):
+  out = _run(
+    'benchmarks/pararnn_speed.py',
+    '--T',
+    '64',
+    '--D',
+    '8',
+    '--B',
+    '2',
+    '--cells',
+    'gru,lstm',
+    '--dtype',
+    'float32',
+    '--repeats',
+    '1',
+    '--json',
+    str(tmp_path / 'p.json'),
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  rows = json.loads((tmp_path / 'p.json').read_text())['rows']
+  assert [r['cell'] for r in rows] == ['gru', 'lstm']
+  for row in rows:  # the timed parallel solver computed the same states and gradients
+    assert row['max_abs_diff'] < 1e-4 and row['grad_rel_diff'] < 1e-3
+    assert row['speedup_fwd'] > 0 and row['par_bwd_mem'] > 0
