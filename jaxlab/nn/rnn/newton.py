@@ -126,6 +126,7 @@ def newton_iteration(
 
 
 def initial_guess(step: StepFn, params, xs, h0, init: str) -> jax.Array:
+  """The iterate Newton starts from (`NewtonConfig.init`)."""
   if init == 'step':  # f(0, x_t) for all t in parallel (ParaRNN)
     return jax.vmap(step, in_axes=(None, None, 0))(params, jnp.zeros_like(h0), xs)
   if init == 'h0':
