@@ -3,9 +3,8 @@
   python benchmarks/lm_throughput.py experiments/lm.py:gpu [--config.x=y ...] [--steps 20]
       [--warmup 3] [--peak-tflops N] [--json PATH]
 
-Builds the task, optimizer (with plugins), mesh and sharded train state exactly as
-`jaxlab.core.train.train_and_evaluate` does, jits the same step function
-(`jaxlab.core.train.make_train_step`) with the same shardings and donation, then times
+Builds the task, optimizer (with plugins), mesh, sharded train state and jitted step with
+`jaxlab.core.train.build_training` — the same call `train_and_evaluate` makes — then times
 `--steps` updates after `--warmup` untimed ones, blocking on each step's outputs. The input
 pipeline is excluded: one batch, already on the devices, is fed to every step.
 
@@ -38,11 +37,8 @@ import jaxlab.tasks  # noqa: F401  (registers the built-in tasks)
 from jaxlab.core import config as config_lib
 from jaxlab.core import sharding
 from jaxlab.core.errors import UserError
-from jaxlab.core.optim import make_optimizer
-from jaxlab.core.plugins import build_plugins, path_name
-from jaxlab.core.task import build_task
-from jaxlab.core.train import make_train_step
-from jaxlab.core.train_state import create_train_state
+from jaxlab.core.plugins import path_name
+from jaxlab.core.train import build_training
 
 # Dense (no structured sparsity) peak TFLOP/s per chip, from the vendors' data sheets.
 # Matched in order as a substring of the lower-cased `device_kind`, so specific names come first.
@@ -175,25 +171,11 @@ def benchmark(
     A JSON-able dict of the results (None where a number does not apply).
   """
   config = config_lib.load_config(spec, overrides)
-  config_lib.validate(config, jax.device_count())
-  task = build_task(config)
-  plugins = build_plugins(config.plugins)
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.rules_from_config(config.mesh)
-  tx, schedule = make_optimizer(config.optim, config.train.steps)
-  for plugin in plugins.values():
-    if plugin.wrap_optimizer is not None:
-      tx = plugin.wrap_optimizer(tx)
-  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  state, state_shardings = create_train_state(lambda: task.init_params(init_rng), tx, mesh, rules)
+  training = build_training(config)
+  task, mesh, rules, state = training.task, training.mesh, training.rules, training.state
   n_total, n_embed = count_params(state.params)
   n_nonembed = n_total - n_embed
 
-  train_step = jax.jit(
-    make_train_step(task, plugins, tx, schedule, step_rng, config.optim.grad_accum_steps),
-    out_shardings=(state_shardings, sharding.replicated(mesh)),
-    donate_argnums=0,
-  )
   train_iter = task.train_iterator(config.seed, jax.process_index(), jax.process_count())
   batch = sharding.shard_batch(next(train_iter), mesh, rules)
 
@@ -201,7 +183,7 @@ def benchmark(
     # CPU cannot donate buffers; the step is still the one training runs.
     warnings.filterwarnings('ignore', message='Some donated buffers were not usable')
     t0 = time.perf_counter()
-    compiled = train_step.lower(state, batch).compile()
+    compiled = training.train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     for _ in range(warmup):
       state, metrics = compiled(state, batch)

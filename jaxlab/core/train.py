@@ -7,6 +7,7 @@ loss; plugins (`config.plugins`) wrap the optimizer or add loss terms.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from jaxlab.core import config as config_lib
 from jaxlab.core import metrics as metrics_lib
@@ -49,29 +51,52 @@ class Interrupted(UserError):
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns final metrics."""
-  # ----------------------------------------------------------------------------- Setup
-  start_time = time.perf_counter()
-  workdir = pathlib.Path(workdir)
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """Everything built from a config before the first step (shared with the benchmarks)."""
+
+  task: Task
+  mesh: Mesh
+  rules: sharding.Rules
+  state: TrainState  # freshly initialised, sharded
+  state_shardings: TrainState
+  train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]  # jitted, donates state
+  step_rng: jax.Array
+
+
+def build_training(config: ml_collections.ConfigDict) -> Training:
+  """Validates `config`, builds task, mesh, optimizer (with plugins), state and the jitted step."""
   config_lib.validate(config, jax.device_count())
   task = build_task(config)  # validates data and model sections
   plugins = build_plugins(config.plugins)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
-  main_process = jax.process_index() == 0
-  if main_process:
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_lib.save_config(config, workdir)
-  total_steps = config.train.steps
-
-  # ----------------------------------------------------------------------------- Model & optimizer
-  tx, schedule = make_optimizer(config.optim, total_steps)
+  tx, schedule = make_optimizer(config.optim, config.train.steps)
   for plugin in plugins.values():
     if plugin.wrap_optimizer is not None:
       tx = plugin.wrap_optimizer(tx)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   state, state_shardings = create_train_state(lambda: task.init_params(init_rng), tx, mesh, rules)
+  train_step = jax.jit(
+    make_train_step(task, plugins, tx, schedule, step_rng, config.optim.grad_accum_steps),
+    out_shardings=(state_shardings, sharding.replicated(mesh)),
+    donate_argnums=0,
+  )
+  return Training(task, mesh, rules, state, state_shardings, train_step, step_rng)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns final metrics."""
+  # ----------------------------------------------------------------------------- Setup
+  start_time = time.perf_counter()
+  workdir = pathlib.Path(workdir)
+  training = build_training(config)  # every config error is raised here, before any file
+  task, mesh, rules, state = training.task, training.mesh, training.rules, training.state
+  main_process = jax.process_index() == 0
+  if main_process:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_lib.save_config(config, workdir)
+  total_steps = config.train.steps
   param_names = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]]
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
 
@@ -100,13 +125,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   )
 
   # ----------------------------------------------------------------------------- Steps
-  train_step = jax.jit(
-    make_train_step(task, plugins, tx, schedule, step_rng, config.optim.grad_accum_steps),
-    out_shardings=(state_shardings, sharding.replicated(mesh)),
-    donate_argnums=0,
-  )
   eval_step = jax.jit(
-    lambda params, batch: task.loss(params, batch, step_rng, train=False)[1][0],
+    lambda params, batch: task.loss(params, batch, training.step_rng, train=False)[1][0],
     out_shardings=sharding.replicated(mesh),
   )
 
@@ -127,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   with _SignalCatcher() as signals, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     while step < total_steps:
       batch = sharding.shard_batch(next(train_iter), mesh, rules)
-      state, step_metrics = train_step(state, batch)
+      state, step_metrics = training.train_step(state, batch)
       step += 1
       pending.append((step, step_metrics))
       # Checking the window before every checkpoint means no non-finite state is ever saved.
