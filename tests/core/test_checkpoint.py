@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxlab.core import metrics as metrics_lib
 from jaxlab.core.train import train_and_evaluate
-from tests.conftest import LM, REPO, TINY, finalized_steps, load_params, tiny_config
+from tests.conftest import LM, REPO, TINY, finalized_steps, load_params, run_cli, tiny_config
 
 # Long enough that a kill lands mid-run; every 5 steps a checkpoint.
 STEPS = 300
@@ -57,12 +57,7 @@ def _assert_same_params(a: pathlib.Path, b: pathlib.Path) -> None:
 
 
 def _finish(workdir: pathlib.Path) -> None:
-  done = subprocess.run(
-    [sys.executable, '-m', 'jaxlab.cli', *RUN, '--workdir', str(workdir)],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-  )
+  done = run_cli(*RUN, '--workdir', str(workdir))
   assert done.returncode == 0, done.stderr[-2000:]
 
 

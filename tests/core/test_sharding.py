@@ -4,6 +4,7 @@ parameters really are split as the logical-axis rules say."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -75,7 +76,7 @@ def test_parameters_are_sharded_as_the_rules_say():
   out = subprocess.run(
     [sys.executable, '-c', 'import sys\n' + _INSPECT, *args],
     cwd=REPO,
-    env={**__import__('os').environ, **EIGHT},
+    env={**os.environ, **EIGHT},
     capture_output=True,
     text=True,
   )
