@@ -46,12 +46,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = ml_collections.ConfigDict({'name': 'lm'})
   c.data = ml_collections.ConfigDict(
     {
-      'source': 'embedded',  # 'embedded' | 'text' | 'tokens' (.npy/.bin memmap) | 'synthetic'
+      # lm: 'embedded' | 'text' | 'tokens' (.npy/.bin memmap) | 'synthetic';
+      # classification: a `jaxlab.core.data.DATASETS` name ('digits', 'shapes', 'cifar10', 'npz')
+      'source': 'embedded',
       'path': '',
       'synthetic': 'copy',  # with source='synthetic': copy | parity | associative_recall | ...
       'vocab_size': 0,  # needed for 'tokens' and 'synthetic'; byte-level text sets its own
       'token_dtype': 'uint16',  # dtype of a raw .bin token file
-      'val_fraction': 0.05,
+      'val_fraction': 0.05,  # held-out fraction (LM text; classification sets without a split)
+      'image_size': 0,  # classification: resize images to this many pixels a side; 0 = as is
       'seq_len': 128,
       'batch_size': 32,  # global batch, split over hosts and devices
       'eval_batches': 8,

@@ -36,10 +36,23 @@ class Task(Protocol):
   def init_params(self, rng: jax.Array) -> Any:
     """Parameters as `nn.LogicallyPartitioned` boxes (called under `jax.eval_shape` first)."""
 
+  def init_model_state(self, rng: jax.Array) -> Any:
+    """Non-trainable collections the forward pass updates (BatchNorm `batch_stats`), or `{}`."""
+
   def loss(
-    self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, train: bool
-  ) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array]]:
-    """Returns `(scalar loss, (metrics, model outputs))`; outputs feed plugin loss terms."""
+    self,
+    params: Any,
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array,
+    *,
+    train: bool,
+    model_state: Any = None,
+  ) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array, Any]]:
+    """Returns `(scalar loss, (metrics, model outputs, new model state))`.
+
+    Outputs feed plugin loss terms; the new model state is `model_state` updated by a training
+    forward pass (unchanged when `train=False`); `None` stands for `{}`.
+    """
 
   def train_iterator(self, seed: int, process_index: int, process_count: int) -> DataIterator:
     """This host's rows of each global training batch."""

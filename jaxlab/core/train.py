@@ -76,7 +76,13 @@ def build_training(config: ml_collections.ConfigDict) -> Training:
     if plugin.wrap_optimizer is not None:
       tx = plugin.wrap_optimizer(tx)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  state, state_shardings = create_train_state(lambda: task.init_params(init_rng), tx, mesh, rules)
+  state, state_shardings = create_train_state(
+    lambda: task.init_params(init_rng),
+    tx,
+    mesh,
+    rules,
+    lambda: task.init_model_state(init_rng),
+  )
   train_step = jax.jit(
     make_train_step(task, plugins, tx, schedule, step_rng, config.optim.grad_accum_steps),
     out_shardings=(state_shardings, sharding.replicated(mesh)),
@@ -125,14 +131,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   )
 
   # ----------------------------------------------------------------------------- Steps
-  eval_step = jax.jit(
-    lambda params, batch: task.loss(params, batch, training.step_rng, train=False)[1][0],
-    out_shardings=sharding.replicated(mesh),
-  )
+  def eval_metrics(state: TrainState, batch: dict) -> tuple[dict, jax.Array]:
+    metrics = task.loss(
+      state.params, batch, training.step_rng, train=False, model_state=state.model_state
+    )[1][0]
+    # A batch's weight is its number of real rows (`mask` marks the padding of a last batch).
+    weight = jnp.sum(batch['mask']) if 'mask' in batch else jnp.ones(())
+    return metrics, weight
 
-  def evaluate(params) -> dict[str, float]:
-    totals = [eval_step(params, sharding.shard_batch(b, mesh, rules)) for b in eval_batches]
-    return {f'eval/{k}': float(np.mean([t[k] for t in totals])) for k in totals[0]}
+  eval_step = jax.jit(eval_metrics, out_shardings=sharding.replicated(mesh))
+
+  def evaluate(state: TrainState) -> dict[str, float]:
+    results = [eval_step(state, sharding.shard_batch(b, mesh, rules)) for b in eval_batches]
+    weights = np.array([float(w) for _, w in results])
+    return {
+      f'eval/{k}': float(np.average([float(m[k]) for m, _ in results], weights=weights))
+      for k in results[0][0]
+    }
 
   # ----------------------------------------------------------------------------- Loop
   progress = metrics_lib.Progress(
@@ -166,14 +181,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         writer.write_scalars(step, scalars)
         progress.update(step, loss=scalars['train/loss'])
       if step % config.train.eval_every == 0 and step < total_steps:
-        writer.write_scalars(step, evaluate(state.params))
+        writer.write_scalars(step, evaluate(state))
       ckpt.save(step, state, train_iter.get_state())
       if signals.caught:
         _save_now(ckpt, step, state, train_iter)
         writer.flush()
         raise Interrupted(signals.caught, step, workdir)
     progress.close()
-    final = {'train/steps': step, 'params/count': num_params, **evaluate(state.params)}
+    final = {'train/steps': step, 'params/count': num_params, **evaluate(state)}
   writer.write_scalars(step, {k: v for k, v in final.items() if k.startswith('eval/')})
   writer.close()
   _save_now(ckpt, step, state, train_iter)
@@ -201,21 +216,23 @@ def make_train_step(
   exactly what training runs.
   """
 
-  def loss_fn(params, batch, rng):
-    loss, (metrics, outputs) = task.loss(params, batch, rng, train=True)
+  def loss_fn(params, model_state, batch, rng):
+    loss, (metrics, outputs, model_state) = task.loss(
+      params, batch, rng, train=True, model_state=model_state
+    )
     for name, plugin in plugins.items():
       if plugin.loss_term is not None:
         term = plugin.loss_term(params, batch, outputs)
         metrics[f'{name}_loss'] = term
         loss = loss + term
-    return loss, metrics
+    return loss, (metrics, model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(step_rng, state.step)
     if accum_steps == 1:
-      (loss, metrics), grads = grad_fn(state.params, batch, rng)
+      (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
     else:
       # Micro-batch a takes rows a, a+A, a+2A, ...: each stays spread over the batch shards.
       micro = jax.tree.map(
@@ -223,13 +240,18 @@ def make_train_step(
         batch,
       )
 
-      def accumulate(grads_sum, xs):
+      def accumulate(carry, xs):
+        grads_sum, model_state = carry
         i, mb = xs
-        (loss, metrics), grads = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-        return jax.tree.map(jnp.add, grads_sum, grads), (loss, metrics)
+        (loss, (metrics, model_state)), grads = grad_fn(
+          state.params, model_state, mb, jax.random.fold_in(rng, i)
+        )
+        return (jax.tree.map(jnp.add, grads_sum, grads), model_state), (loss, metrics)
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      grads, (losses, metrics) = jax.lax.scan(accumulate, zeros, (jnp.arange(accum_steps), micro))
+      (grads, model_state), (losses, metrics) = jax.lax.scan(
+        accumulate, (zeros, state.model_state), (jnp.arange(accum_steps), micro)
+      )
       grads = jax.tree.map(lambda g: g / accum_steps, grads)
       loss, metrics = losses.mean(), jax.tree.map(jnp.mean, metrics)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -241,7 +263,10 @@ def make_train_step(
       'train/lr': schedule(state.step),
       'nonfinite_grad_leaf': metrics_lib.first_nonfinite_index(grads),
     }
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    new_state = TrainState(
+      step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
+    )
+    return new_state, metrics
 
   return step_fn
 

@@ -24,6 +24,9 @@ class TrainState:
   step: jax.Array  # int32 scalar: optimizer updates done
   params: Any
   opt_state: optax.OptState
+  # Non-trainable model collections updated by the forward pass (e.g. BatchNorm's
+  # `batch_stats`); `{}` for models without any.
+  model_state: Any = flax.struct.field(default_factory=dict)
 
 
 def create_train_state(
@@ -31,6 +34,7 @@ def create_train_state(
   tx: optax.GradientTransformation,
   mesh: Mesh,
   rules: sharding.Rules,
+  init_model_state: Callable[[], Any] = dict,
 ) -> tuple[TrainState, TrainState]:
   """Initialises parameters and optimizer state directly into their shardings.
 
@@ -44,6 +48,7 @@ def create_train_state(
     tx: the optimizer.
     mesh: the device mesh.
     rules: logical axis rules.
+    init_model_state: returns the non-trainable collections (replicated; small).
 
   Returns:
     The state and a matching tree of `NamedSharding`s.
@@ -61,11 +66,22 @@ def create_train_state(
     transform_non_params=lambda _: replicated,
     is_leaf=masked,
   )
-  shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
+  model_state_shardings = jax.tree.map(lambda _: replicated, jax.eval_shape(init_model_state))
+  shardings = TrainState(
+    step=replicated,
+    params=param_shardings,
+    opt_state=opt_shardings,
+    model_state=model_state_shardings,
+  )
 
   def init() -> TrainState:
     params = nn.unbox(init_params())
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      model_state=init_model_state(),
+    )
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = jax.jit(init, out_shardings=shardings)()

@@ -28,7 +28,7 @@ import ml_collections
 from jaxlab.core.errors import ConfigError
 from jaxlab.core.registry import Registry
 from jaxlab.nn.activations import ACTIVATIONS
-from jaxlab.nn.models import MODELS
+from jaxlab.nn.models import MODELS, from_model_config, model_config
 from jaxlab.nn.normalization import NORMS
 from jaxlab.nn.rnn import NewtonConfig, ParaGRU, ParaLSTM
 from jaxlab.nn.rope import apply_rope
@@ -92,17 +92,6 @@ class TransformerConfig:
     FFNS.get(self.ffn, 'model.ffn')
     ACTIVATIONS.get(self.activation, 'model.activation')
     NORMS.get(self.norm, 'model.norm')
-
-  @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
-    fields = {k: v for k, v in cfg.items() if k != 'name'}
-    known = {f.name for f in dataclasses.fields(cls)} - {'vocab_size'}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-      raise ConfigError(
-        f'model.{unknown[0]}: not a field of the transformer; expected one of {sorted(known)}'
-      )
-    return cls(vocab_size=vocab_size, **fields)
 
   @property
   def head_dim(self) -> int:
@@ -320,16 +309,10 @@ class TransformerLM(nn.Module):
 
 
 def transformer_config(**overrides) -> ml_collections.ConfigDict:
-  """`config.model` for the transformer with every field present (so each can be overridden
-  from the command line), defaults from `TransformerConfig`, then `overrides`."""
-  defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
-  del defaults['vocab_size']  # the task sets it from its data
-  unknown = sorted(set(overrides) - set(defaults))
-  if unknown:
-    raise ConfigError(f'model.{unknown[0]}: not a field of the transformer')
-  return ml_collections.ConfigDict({'name': 'transformer', **defaults, **overrides})
+  """`config.model` for the transformer with every field present, then `overrides`."""
+  return model_config(TransformerConfig, 'transformer', exclude=('vocab_size',), **overrides)
 
 
 @MODELS.register('transformer')
 def build_transformer(cfg: ml_collections.ConfigDict, vocab_size: int) -> TransformerLM:
-  return TransformerLM(TransformerConfig.from_config(cfg, vocab_size))
+  return TransformerLM(from_model_config(TransformerConfig, cfg, vocab_size=vocab_size))

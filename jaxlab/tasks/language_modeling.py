@@ -82,9 +82,20 @@ class LanguageModelingTask:
     tokens = jnp.zeros((1, self._data_cfg.seq_len), jnp.int32)
     return self.model.init(rng, tokens)['params']
 
+  def init_model_state(self, rng: jax.Array) -> Any:
+    del rng
+    return {}
+
   def loss(
-    self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, train: bool
-  ) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array]]:
+    self,
+    params: Any,
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array,
+    *,
+    train: bool,
+    model_state: Any = None,
+  ) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array, Any]]:
+    del model_state  # the transformer and the recurrent mixers keep none
     chex.assert_equal_shape([batch['inputs'], batch['targets']])
     logits, state = self.model.apply(
       {'params': params},
@@ -103,7 +114,7 @@ class LanguageModelingTask:
     if self.byte_level:
       metrics['bits_per_byte'] = loss / math.log(2)
     metrics.update(sown_scalars(state.get('intermediates', {})))
-    return loss, (metrics, logits)
+    return loss, (metrics, logits, {})
 
   def _synthetic(self, seed: int, process_index: int, process_count: int) -> DataIterator:
     d = self._data_cfg

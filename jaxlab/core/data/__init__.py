@@ -1,7 +1,16 @@
-"""Data: byte tokenizer, corpora, resumable batch iterators and synthetic sequence tasks."""
+"""Data: byte tokenizer, corpora, labelled arrays (images), resumable batch iterators and
+synthetic sequence tasks."""
 
 from __future__ import annotations
 
+from jaxlab.core.data import images
+from jaxlab.core.data.arrays import (
+  DATASETS,
+  ArrayIterator,
+  LabelledArrays,
+  array_eval_batches,
+  stratified_split,
+)
 from jaxlab.core.data.corpus import (
   embedded_corpus_text,
   load_corpus,
@@ -14,7 +23,13 @@ from jaxlab.core.data.synthetic import SYNTHETIC_TASKS, SyntheticIterator
 from jaxlab.core.data.tokenizer import ByteTokenizer
 
 __all__ = [
+  'DATASETS',
   'SYNTHETIC_TASKS',
+  'ArrayIterator',
+  'LabelledArrays',
+  'array_eval_batches',
+  'images',
+  'stratified_split',
   'ByteTokenizer',
   'SyntheticIterator',
   'WindowIterator',
