@@ -8,12 +8,18 @@ plugins on by name with their keyword arguments:
   config.plugins.z_loss = ml_collections.ConfigDict({'coeff': 1e-4})
   config.plugins.freeze = ml_collections.ConfigDict({'pattern': r'embed/.*'})
 
-Plugins apply in the order of `config.plugins` (each wraps the previous optimizer).
+Plugins apply in the order of `config.plugins` (each wraps the previous optimizer). The
+optimizer's `update` receives the batch and the model state as extra keyword arguments
+(`batch=`, `model_state=`), for transforms that score parameters on data (pruning criteria).
+A factory that takes a `task` argument is given the task (its model and data). A plugin may
+also log scalars computed from the train state every step, and add final metrics after
+training (e.g. the size and accuracy of a cropped model).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +33,9 @@ from jaxlab.core.errors import ConfigError
 from jaxlab.core.registry import Registry
 
 LossTerm = Callable[[Any, dict, jax.Array], jax.Array]  # (params, batch, outputs) -> scalar
+StateMetrics = Callable[[Any], dict[str, jax.Array]]  # (train state) -> scalars, jittable
+# (task, final train state, eval batches) -> final metrics, on the host after training
+Finalize = Callable[[Any, Any, list], dict[str, float]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,19 +46,22 @@ class Plugin:
     None
   )
   loss_term: LossTerm | None = None
+  metrics: StateMetrics | None = None
+  finalize: Finalize | None = None
 
 
 PLUGINS: Registry[Callable[..., Plugin]] = Registry('plugin')
 
 
-def build_plugins(cfg: ml_collections.ConfigDict) -> dict[str, Plugin]:
+def build_plugins(cfg: ml_collections.ConfigDict, task: Any = None) -> dict[str, Plugin]:
   """Instantiates `config.plugins`; a bad name or keyword raises ConfigError naming it."""
   plugins = {}
   for name, kwargs in cfg.items():
     factory = PLUGINS.get(name, f'plugins.{name}')
+    extra = {'task': task} if 'task' in inspect.signature(factory).parameters else {}
     try:
-      plugins[name] = factory(**kwargs.to_dict())
-    except TypeError as e:
+      plugins[name] = factory(**kwargs.to_dict(), **extra)
+    except (TypeError, ValueError) as e:
       raise ConfigError(f'plugins.{name}: bad arguments {kwargs.to_dict()} ({e})') from None
   return plugins
 

@@ -61,6 +61,20 @@ class Task(Protocol):
     """This host's rows of a fixed, deterministic list of evaluation batches."""
 
 
+class ModelTask(Task, Protocol):
+  """A task whose model methods (pruning, compression, certification) can call directly."""
+
+  model: Any  # the flax module
+  model_config: ml_collections.ConfigDict  # `config.model`, the model's own section
+  model_size: int  # what the task gives `build_model` (classes, vocabulary size)
+
+  def forward(self, variables: Any, inputs: jax.Array, *, train: bool = False) -> jax.Array:
+    """The model's outputs (logits) for `inputs`, BatchNorm in eval mode unless `train`."""
+
+  def example_inputs(self, batch: int = 1) -> jax.Array:
+    """Zeros shaped like `batch` model inputs (for tracing and shape inference)."""
+
+
 TASKS: Registry[Callable[[ml_collections.ConfigDict], Task]] = Registry('task')
 
 

@@ -62,13 +62,14 @@ class Training:
   state_shardings: TrainState
   train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]  # jitted, donates state
   step_rng: jax.Array
+  plugins: dict[str, Plugin]
 
 
 def build_training(config: ml_collections.ConfigDict) -> Training:
   """Validates `config`, builds task, mesh, optimizer (with plugins), state and the jitted step."""
   config_lib.validate(config, jax.device_count())
   task = build_task(config)  # validates data and model sections
-  plugins = build_plugins(config.plugins)
+  plugins = build_plugins(config.plugins, task)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
   tx, schedule = make_optimizer(config.optim, config.train.steps)
@@ -88,7 +89,7 @@ def build_training(config: ml_collections.ConfigDict) -> Training:
     out_shardings=(state_shardings, sharding.replicated(mesh)),
     donate_argnums=0,
   )
-  return Training(task, mesh, rules, state, state_shardings, train_step, step_rng)
+  return Training(task, mesh, rules, state, state_shardings, train_step, step_rng, plugins)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
@@ -189,6 +190,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         raise Interrupted(signals.caught, step, workdir)
     progress.close()
     final = {'train/steps': step, 'params/count': num_params, **evaluate(state)}
+    for plugin in training.plugins.values():
+      if plugin.finalize is not None:
+        final.update(plugin.finalize(task, state, eval_batches))
   writer.write_scalars(step, {k: v for k, v in final.items() if k.startswith('eval/')})
   writer.close()
   _save_now(ckpt, step, state, train_iter)
@@ -254,7 +258,9 @@ def make_train_step(
       )
       grads = jax.tree.map(lambda g: g / accum_steps, grads)
       loss, metrics = losses.mean(), jax.tree.map(jnp.mean, metrics)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = tx.update(
+      grads, state.opt_state, state.params, batch=batch, model_state=state.model_state
+    )
     params = optax.apply_updates(state.params, updates)
     metrics = {
       **{f'train/{k}': v for k, v in metrics.items()},
@@ -266,6 +272,9 @@ def make_train_step(
     new_state = TrainState(
       step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
     )
+    for plugin in plugins.values():
+      if plugin.metrics is not None:
+        metrics.update(plugin.metrics(new_state))
     return new_state, metrics
 
   return step_fn

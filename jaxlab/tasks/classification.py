@@ -37,13 +37,20 @@ class ClassificationTask:
     except (OSError, ValueError) as e:
       raise ConfigError(f'data: {e}') from None
     self._data_cfg = d
-    self.model = build_model(config.model, self.data.num_classes)
+    self.model_config = config.model
+    self.model_size = self.data.num_classes
+    self.model = build_model(config.model, self.model_size)
     self.items_per_batch = d.batch_size
     self.title = f'{config.model.name} classifier on {self.data.name}'
 
+  def example_inputs(self, batch: int = 1) -> jax.Array:
+    return jnp.zeros((batch, *self.data.input_shape), self.data.train_inputs.dtype)
+
+  def forward(self, variables: Any, inputs: jax.Array, *, train: bool = False) -> jax.Array:
+    return self.model.apply(variables, inputs, train=train)
+
   def _init_variables(self, rng: jax.Array) -> dict:
-    example = jnp.zeros((1, *self.data.input_shape), self.data.train_inputs.dtype)
-    return dict(self.model.init(rng, example, train=False))
+    return dict(self.model.init(rng, self.example_inputs(), train=False))
 
   def init_params(self, rng: jax.Array) -> Any:
     return self._init_variables(rng)['params']

@@ -1,0 +1,134 @@
+"""How much to remove where: group scores per family -> which groups to keep.
+
+Every allocator takes the scores of each family's groups (a list of `[size]` arrays, higher =
+keep) and a target sparsity (the fraction of groups to remove; traced values are fine) and
+returns a list of boolean `[size]` keep vectors. Counts are exact: ties are broken by position
+(stable sort), so `round(sparsity * groups)` groups are removed.
+
+- `global`: one threshold over all groups of all families (Han et al., 2015; SNIP, SynFlow).
+- `uniform`: the same fraction removed in every family.
+- `ratio`: a given density per family (PreCropping's layerwise ratios, Sec. 4), ignoring the
+  target sparsity.
+- `nm`: N:M semi-structured sparsity, keeping the `n` best of every `m` consecutive entries
+  along a kernel's inputs (Mishra et al., 2021; a conv kernel as its `[H*W*in, out]` matrix);
+  unstructured families only.
+
+`min_keep` groups of every family survive any allocation (no layer collapse: a removed layer
+would disconnect the network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlab.core.registry import Registry
+from jaxlab.sparsity.groups import Family
+
+Allocator = Callable[..., list[jax.Array]]
+ALLOCATORS: Registry[Allocator] = Registry('allocator')
+
+
+def _protect_best(scores: jax.Array, min_keep: int) -> jax.Array:
+  """Scores with the `min_keep` best set to +inf (so they rank last for removal)."""
+  if min_keep <= 0:
+    return scores
+  top = jnp.argsort(-scores, stable=True)[:min_keep]
+  return scores.at[top].set(jnp.inf)
+
+
+def _keep_all_but_lowest(scores: jax.Array, k: jax.Array) -> jax.Array:
+  """Keeps everything except the `k` lowest scores (ties: the earlier index goes first)."""
+  rank = jnp.argsort(jnp.argsort(scores, stable=True), stable=True)
+  return rank >= k
+
+
+@ALLOCATORS.register('global')
+def global_threshold(
+  scores: Sequence[jax.Array], sparsity: jax.Array, *, min_keep: int = 1, **_
+) -> list[jax.Array]:
+  """Removes the `round(sparsity * total)` lowest-scoring groups over all families."""
+  sizes = [s.shape[0] for s in scores]
+  flat = jnp.concatenate([_protect_best(s.astype(jnp.float32), min_keep) for s in scores])
+  k = jnp.round(sparsity * flat.shape[0]).astype(jnp.int32)
+  keep = _keep_all_but_lowest(flat, k)
+  return list(jnp.split(keep, np.cumsum(sizes)[:-1]))
+
+
+@ALLOCATORS.register('uniform')
+def uniform(
+  scores: Sequence[jax.Array], sparsity: jax.Array, *, min_keep: int = 1, **_
+) -> list[jax.Array]:
+  """Removes `round(sparsity * size)` groups of each family (at most `size - min_keep`)."""
+  out = []
+  for s in scores:
+    k = jnp.minimum(jnp.round(sparsity * s.shape[0]).astype(jnp.int32), s.shape[0] - min_keep)
+    out.append(_keep_all_but_lowest(s.astype(jnp.float32), k))
+  return out
+
+
+@ALLOCATORS.register('ratio')
+def ratio(
+  scores: Sequence[jax.Array],
+  sparsity: jax.Array,
+  *,
+  families: Sequence[Family],
+  densities: Mapping[str, float],
+  min_keep: int = 1,
+  **_,
+) -> list[jax.Array]:
+  """Keeps `max(round(density[f] * size), min_keep)` groups of each family `f`."""
+  del sparsity
+  missing = [f.name for f in families if f.name not in densities]
+  if missing:
+    raise ValueError(f'ratio allocator: no density given for families {missing}')
+  out = []
+  for s, f in zip(scores, families, strict=True):
+    kept = max(round(densities[f.name] * f.size), min_keep)
+    out.append(_keep_all_but_lowest(s.astype(jnp.float32), f.size - kept))
+  return out
+
+
+def nm_keep(scores: jax.Array, n: int, m: int, axis: int = -2) -> jax.Array:
+  """Keep mask with exactly the `n` best of every `m` consecutive entries along `axis`."""
+  axis = axis % scores.ndim
+  if scores.shape[axis] % m:
+    raise ValueError(f'N:M sparsity: axis of size {scores.shape[axis]} is not a multiple of {m}')
+  moved = jnp.moveaxis(scores, axis, -1)
+  blocks = moved.reshape(*moved.shape[:-1], -1, m)
+  rank = jnp.argsort(jnp.argsort(-blocks, axis=-1, stable=True), axis=-1, stable=True)
+  keep = (rank < n).reshape(moved.shape)
+  return jnp.moveaxis(keep, -1, axis)
+
+
+@ALLOCATORS.register('nm')
+def nm(
+  scores: Sequence[jax.Array],
+  sparsity: jax.Array,
+  *,
+  families: Sequence[Family],
+  shapes: Mapping[str, tuple[int, ...]],
+  n: int = 2,
+  m: int = 4,
+  **_,
+) -> list[jax.Array]:
+  """N:M along each kernel's inputs (all axes but the last); the sparsity is `1 - n/m`."""
+  del sparsity
+  out = []
+  for s, f in zip(scores, families, strict=True):
+    (member,) = f.members
+    if member.axis is not None:
+      raise ValueError(f'N:M allocation needs unstructured families; {f.name} is structured')
+    shape = shapes[member.path]
+    # A conv kernel [H, W, in, out] is a [H*W*in, out] matrix; blocks run down its columns.
+    matrix = s.reshape(-1, shape[-1]) if len(shape) > 1 else s.reshape(-1, 1)
+    if matrix.shape[0] % m:
+      raise ValueError(
+        f'N:M sparsity: {f.name} has {matrix.shape[0]} inputs per output, not a multiple of '
+        f'{m}; exclude it (plugins.prune.exclude)'
+      )
+    out.append(nm_keep(matrix, n, m, axis=0).reshape(-1))
+  return out

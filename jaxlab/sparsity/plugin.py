@@ -1,0 +1,227 @@
+"""The `prune` plugin: any pruning method of `jaxlab.sparsity` from the config.
+
+  config.plugins.prune = ml_collections.ConfigDict({
+    'scorer': 'snip',              # SCORERS: magnitude random snip grasp synflow taylor lrp
+    'granularity': 'unstructured', # 'unstructured' | 'nm' | 'channel' (zero-invariant groups)
+    'allocator': 'global',         # ALLOCATORS: global uniform ratio (nm for 'nm')
+    'schedule': 'one_shot',        # one_shot | iterative | gradual
+    'sparsity': 0.9, 'start': 0, 'end': 0, 'every': 1, 'rounds': 1,
+  })
+
+The plugin wraps the optimizer in `masked(...)`, logs `sparsity/params`, `sparsity/fraction`
+and `sparsity/avg_params` every step, and after training reports the nonzero parameters, the
+contraction FLOPs of the sparse model, and for channel pruning the physically cropped model
+(`crop`): its parameters, its FLOPs, its eval accuracy and the largest difference between its
+logits and the masked model's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxlab.core.plugins import PLUGINS, Plugin
+from jaxlab.nn import build_model
+from jaxlab.sparsity import lrp, schedules
+from jaxlab.sparsity.crop import crop, cropped_model_config
+from jaxlab.sparsity.flops import contraction_flops
+from jaxlab.sparsity.groups import Family, unstructured_families, zero_invariant_families
+from jaxlab.sparsity.masking import (
+  Pruner,
+  apply_masks,
+  find_masked_state,
+  masked,
+  sparsity_metrics,
+)
+from jaxlab.sparsity.scorers import GRASP_TEMPERATURE, SCORERS, ScoreContext, Scorer
+
+GRANULARITIES = ('unstructured', 'nm', 'channel')
+
+
+def model_families(task: Any, granularity: str, include: str, exclude: str) -> tuple[Family, ...]:
+  """The groups of `task`'s model: one per weight, or its zero-invariant channel groups."""
+  if granularity not in GRANULARITIES:
+    raise ValueError(f'granularity: expected one of {GRANULARITIES}, got {granularity!r}')
+  key = jax.random.key(0)
+  variables = jax.eval_shape(
+    lambda: nn.unbox({'params': task.init_params(key), **task.init_model_state(key)})
+  )
+  if granularity != 'channel':
+    return unstructured_families(variables['params'], include, exclude)
+  variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables)
+  families = zero_invariant_families(
+    lambda v, x: task.forward(v, x, train=False), variables, task.example_inputs(2)
+  )
+  if not families:
+    raise ValueError(f'granularity channel: model {task.model_config.name} has no prunable channel')
+  return families
+
+
+def make_schedule(kind: str, sparsity: float, start: int, end: int, every: int, events: int):
+  if kind == 'one_shot':
+    return schedules.one_shot(start, sparsity)
+  if kind == 'iterative':
+    return schedules.iterative(start, end, events, sparsity)
+  if kind == 'gradual':
+    return schedules.gradual(start, end, every, sparsity)
+  raise ValueError(f"schedule: expected 'one_shot', 'iterative' or 'gradual', got {kind!r}")
+
+
+def lrp_scorer(task: Any, rule: str) -> Scorer:
+  """Per-unit LRP relevance on the scoring batch (Yeom et al., 2021, Sec. 3), true labels as
+  the explained outputs."""
+
+  def group_score(ctx: ScoreContext) -> dict[str, jax.Array]:
+    batch = ctx.extras['batch']
+    variables = {'params': ctx.params, **ctx.extras['model_state']}
+    return lrp.lrp_relevance(
+      task.model, variables, batch['inputs'], rule=rule, target=batch['labels']
+    )
+
+  return Scorer('lrp', group_score=group_score)
+
+
+def context_fn_for(task: Any, score_examples: int):
+  """`(params, extra args) -> ScoreContext` on the first `score_examples` rows of the batch."""
+  datafree_state = task.init_model_state(jax.random.key(0))
+  input_shape = tuple(task.example_inputs(1).shape[1:])
+
+  def context_fn(params, extra):
+    batch = extra['batch']
+    if score_examples:
+      batch = jax.tree.map(lambda x: x[:score_examples], batch)
+    model_state = extra.get('model_state') or {}
+    rng = jax.random.key(0)
+
+    def loss_fn(p):
+      return task.loss(p, batch, rng, train=True, model_state=model_state)[0]
+
+    def apply_fn(p, x):
+      return task.forward({'params': p, **datafree_state}, x, train=False)
+
+    extras = {'batch': batch, 'model_state': model_state}
+    if 'labels' in batch:
+
+      def grasp_loss_fn(p):
+        logits = task.loss(p, batch, rng, train=True, model_state=model_state)[1][1]
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+          logits / GRASP_TEMPERATURE, batch['labels']
+        )
+        return ce.mean()
+
+      extras['grasp_loss_fn'] = grasp_loss_fn
+    return ScoreContext(params, loss_fn, apply_fn, input_shape, rng, extras)
+
+  return context_fn
+
+
+@PLUGINS.register('prune')
+def prune(
+  task: Any,
+  scorer: str = 'magnitude',
+  granularity: str = 'unstructured',
+  allocator: str = 'global',
+  schedule: str = 'one_shot',
+  sparsity: float = 0.5,
+  start: int = 0,
+  end: int = 0,
+  every: int = 1,
+  events: int = 1,
+  rounds: int = 1,
+  include: str = r'.*kernel',
+  exclude: str = '',
+  score_members: str = 'producer',
+  score_examples: int = 0,
+  lrp_rule: str = 'composite',
+  n: int = 2,
+  m: int = 4,
+  densities: dict | None = None,
+  min_keep: int = 1,
+) -> Plugin:
+  """Builds the pruner the arguments name (see the module docstring)."""
+  families = model_families(task, granularity, include, exclude)
+  chosen = lrp_scorer(task, lrp_rule) if scorer == 'lrp' else SCORERS.get(scorer, 'scorer')
+  if chosen.group_score is not None and granularity != 'channel':
+    raise ValueError(f'scorer {scorer}: scores units, so it needs granularity channel')
+  if granularity == 'nm':
+    allocator, sparsity = 'nm', 1.0 - n / m
+  kwargs: dict[str, Any] = {'min_keep': min_keep}
+  if allocator == 'nm':
+    kwargs.update(n=n, m=m)
+  if allocator == 'ratio':
+    kwargs['densities'] = dict(densities or {})
+  pruner = Pruner(
+    families,
+    chosen,
+    allocator,
+    make_schedule(schedule, sparsity, start, end, every, events),
+    rounds=rounds,
+    score_members=score_members,
+    allocator_kwargs=kwargs,
+  )
+  context_fn = context_fn_for(task, score_examples)
+
+  def wrap(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    return masked(tx, pruner, context_fn=context_fn)
+
+  def metrics(state) -> dict[str, jax.Array]:
+    ms = find_masked_state(state.opt_state)
+    return sparsity_metrics(state.params, ms.masks, ms)
+
+  def finalize(task, state, eval_batches) -> dict[str, float]:
+    return prune_summary(task, state, pruner, eval_batches)
+
+  return Plugin(wrap_optimizer=wrap, metrics=metrics, finalize=finalize)
+
+
+def prune_summary(task: Any, state: Any, pruner: Pruner, eval_batches: list) -> dict[str, float]:
+  """Final sparsity, FLOPs and (channel groups) the cropped model's size, FLOPs and accuracy."""
+  ms = find_masked_state(state.opt_state)
+  params = jax.device_get(apply_masks(state.params, ms.masks))
+  variables = {'params': params, **jax.device_get(state.model_state)}
+  x = jnp.asarray(eval_batches[0]['inputs'])
+  forward = jax.jit(lambda v, x: task.forward(v, x, train=False))
+  dense = contraction_flops(forward, variables, x[:1], sparse=False)
+  nonzero = sum(int(np.count_nonzero(p)) for p in jax.tree.leaves(params))
+  total = sum(int(np.size(p)) for p in jax.tree.leaves(params))
+  out = {
+    'sparsity/nonzero_params': float(nonzero),
+    'sparsity/total_params': float(total),
+    'sparsity/final_fraction': 1.0 - nonzero / total,
+    'flops/dense': dense,
+    'flops/sparse': contraction_flops(forward, variables, x[:1], sparse=True),
+    'sparsity/avg_params': float(ms.param_steps / max(int(ms.count), 1)),
+  }
+  if pruner.families[0].members[0].axis is None:
+    return out
+  keeps = {
+    f.name: np.asarray(a) for f, a in zip(pruner.families, pruner.alive(ms.masks), strict=True)
+  }
+  small = crop(variables, pruner.families, keeps)
+  small_cfg = cropped_model_config(task.model_config, small)
+  small_model = build_model(small_cfg, task.model_size)
+  small_fwd = jax.jit(lambda v, x: small_model.apply(v, x, train=False))
+  correct = count = 0.0
+  max_diff = 0.0
+  for b in eval_batches:
+    xb, mask = jnp.asarray(b['inputs']), np.asarray(b.get('mask', np.ones(len(b['labels']))))
+    y_full, y_small = np.asarray(forward(variables, xb)), np.asarray(small_fwd(small, xb))
+    max_diff = max(max_diff, float(np.max(np.abs(y_full - y_small))))
+    correct += float(np.sum((y_small.argmax(-1) == np.asarray(b['labels'])) * mask))
+    count += float(mask.sum())
+  out.update(
+    {
+      'crop/params': float(sum(int(np.size(p)) for p in jax.tree.leaves(small['params']))),
+      'crop/flops': contraction_flops(small_fwd, small, x[:1], sparse=False),
+      'crop/eval_accuracy': correct / max(count, 1.0),
+      'crop/max_logit_diff': max_diff,
+      'crop/groups_kept': float(sum(int(k.sum()) for k in keeps.values())),
+      'crop/groups_total': float(sum(f.size for f in pruner.families)),
+    }
+  )
+  return out
