@@ -11,7 +11,7 @@ plugins on by name with their keyword arguments:
 Plugins apply in the order of `config.plugins` (each wraps the previous optimizer). The
 optimizer's `update` receives the batch and the model state as extra keyword arguments
 (`batch=`, `model_state=`), for transforms that score parameters on data (pruning criteria).
-A factory that takes a `task` argument is given the task (its model and data). A plugin may
+A factory that takes a `task` (or `config`) argument is given the task (or the config). A plugin may
 also log scalars computed from the train state every step, and add final metrics after
 training (e.g. the size and accuracy of a cropped model).
 """
@@ -53,12 +53,16 @@ class Plugin:
 PLUGINS: Registry[Callable[..., Plugin]] = Registry('plugin')
 
 
-def build_plugins(cfg: ml_collections.ConfigDict, task: Any = None) -> dict[str, Plugin]:
-  """Instantiates `config.plugins`; a bad name or keyword raises ConfigError naming it."""
+def build_plugins(config: ml_collections.ConfigDict, task: Any = None) -> dict[str, Plugin]:
+  """Instantiates `config.plugins`; a bad name or keyword raises ConfigError naming it.
+
+  A factory with a `task` or `config` parameter gets the task or the whole config.
+  """
   plugins = {}
-  for name, kwargs in cfg.items():
+  for name, kwargs in config.plugins.items():
     factory = PLUGINS.get(name, f'plugins.{name}')
-    extra = {'task': task} if 'task' in inspect.signature(factory).parameters else {}
+    wanted = inspect.signature(factory).parameters
+    extra = {k: v for k, v in (('task', task), ('config', config)) if k in wanted}
     try:
       plugins[name] = factory(**kwargs.to_dict(), **extra)
     except (TypeError, ValueError) as e:

@@ -69,14 +69,14 @@ def build_training(config: ml_collections.ConfigDict) -> Training:
   """Validates `config`, builds task, mesh, optimizer (with plugins), state and the jitted step."""
   config_lib.validate(config, jax.device_count())
   task = build_task(config)  # validates data and model sections
-  plugins = build_plugins(config.plugins, task)
+  plugins = build_plugins(config, task)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_from_config(config.mesh)
   tx, schedule = make_optimizer(config.optim, config.train.steps)
   for plugin in plugins.values():
     if plugin.wrap_optimizer is not None:
       tx = plugin.wrap_optimizer(tx)
-  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  init_rng, step_rng = init_and_step_rngs(config.seed)
   state, state_shardings = create_train_state(
     lambda: task.init_params(init_rng),
     tx,
@@ -90,6 +90,12 @@ def build_training(config: ml_collections.ConfigDict) -> Training:
     donate_argnums=0,
   )
   return Training(task, mesh, rules, state, state_shardings, train_step, step_rng, plugins)
+
+
+def init_and_step_rngs(seed: int) -> tuple[jax.Array, jax.Array]:
+  """The keys of parameter initialisation and of the steps (the key of step t folds in t)."""
+  init_rng, step_rng = jax.random.split(jax.random.key(seed))
+  return init_rng, step_rng
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:

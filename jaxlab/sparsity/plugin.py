@@ -3,7 +3,7 @@
   config.plugins.prune = ml_collections.ConfigDict({
     'scorer': 'snip',              # SCORERS: magnitude random snip grasp synflow taylor lrp
     'granularity': 'unstructured', # 'unstructured' | 'nm' | 'channel' (zero-invariant groups)
-    'allocator': 'global',         # ALLOCATORS: global uniform ratio (nm for 'nm')
+    'allocator': 'global',         # ALLOCATORS: global uniform ratio (nm), or 'precrop'
     'schedule': 'one_shot',        # one_shot | iterative | gradual
     'sparsity': 0.9, 'start': 0, 'end': 0, 'every': 1, 'rounds': 1,
   })
@@ -30,7 +30,12 @@ from jaxlab.nn import build_model
 from jaxlab.sparsity import lrp, schedules
 from jaxlab.sparsity.crop import crop, cropped_model_config
 from jaxlab.sparsity.flops import contraction_flops
-from jaxlab.sparsity.groups import Family, unstructured_families, zero_invariant_families
+from jaxlab.sparsity.groups import (
+  Family,
+  flat_arrays,
+  unstructured_families,
+  zero_invariant_families,
+)
 from jaxlab.sparsity.masking import (
   Pruner,
   apply_masks,
@@ -38,6 +43,7 @@ from jaxlab.sparsity.masking import (
   masked,
   sparsity_metrics,
 )
+from jaxlab.sparsity.precrop import channel_ratios, kernel_densities
 from jaxlab.sparsity.scorers import GRASP_TEMPERATURE, SCORERS, ScoreContext, Scorer
 
 GRANULARITIES = ('unstructured', 'nm', 'channel')
@@ -62,7 +68,11 @@ def model_families(task: Any, granularity: str, include: str, exclude: str) -> t
   return families
 
 
+WHEN = ('', 'init', 'during', 'after')
+
+
 def make_schedule(kind: str, sparsity: float, start: int, end: int, every: int, events: int):
+  """The `Schedule` named `kind` (one_shot | iterative | gradual)."""
   if kind == 'one_shot':
     return schedules.one_shot(start, sparsity)
   if kind == 'iterative':
@@ -120,9 +130,34 @@ def context_fn_for(task: Any, score_examples: int):
   return context_fn
 
 
+def pai_kernel_densities(
+  task: Any, seed: int, scorer: str, sparsity: float, include: str, exclude: str, context_fn
+) -> tuple[dict[str, float], dict[str, tuple[int, ...]]]:
+  """Kept fraction of each kernel when `scorer` prunes the initial weights (those the train loop
+  will start from) globally to `sparsity` on the first training batch."""
+  from jaxlab.core.train import init_and_step_rngs  # noqa: PLC0415 (the loop imports plugins)
+
+  init_rng, _ = init_and_step_rngs(seed)
+  params = nn.unbox(task.init_params(init_rng))
+  extra = {
+    'batch': next(task.train_iterator(seed, 0, 1)),
+    'model_state': task.init_model_state(init_rng),
+  }
+  families = unstructured_families(params, include, exclude)
+  pai = Pruner(families, SCORERS.get(scorer, 'scorer'), 'global', schedules.one_shot(0, sparsity))
+  masks = jax.jit(
+    lambda p: pai.prune(p, pai.initial_masks(p), sparsity, lambda q: context_fn(q, extra))
+  )(params)
+  flat = flat_arrays({'params': masks})
+  kernels = [m.path for f in families for m in f.members]
+  shapes = {k: tuple(v.shape) for k, v in flat_arrays({'params': params}).items()}
+  return kernel_densities(flat, kernels), shapes
+
+
 @PLUGINS.register('prune')
 def prune(
   task: Any,
+  config: Any,
   scorer: str = 'magnitude',
   granularity: str = 'unstructured',
   allocator: str = 'global',
@@ -142,9 +177,27 @@ def prune(
   m: int = 4,
   densities: dict | None = None,
   min_keep: int = 1,
+  pai_scorer: str = 'snip',
+  when: str = '',
 ) -> Plugin:
-  """Builds the pruner the arguments name (see the module docstring)."""
+  """Builds the pruner the arguments name (see the module docstring).
+
+  `allocator='precrop'` is PreCropping's allocation (`jaxlab.sparsity.precrop`): the layerwise
+  densities `pai_scorer` reaches when it prunes the initial weights globally to `sparsity`;
+  with unstructured groups that is the PaI method itself, with channel groups the channel
+  ratios that match those densities (which channels go is then `scorer`'s choice).
+  """
   families = model_families(task, granularity, include, exclude)
+  context_fn = context_fn_for(task, score_examples)
+  if allocator == 'precrop':
+    if granularity == 'unstructured':
+      scorer, allocator = pai_scorer, 'global'
+    else:
+      dens, shapes = pai_kernel_densities(
+        task, config.seed, pai_scorer, sparsity, include, exclude, context_fn
+      )
+      ratios = channel_ratios(families, dens, shapes)
+      allocator, densities = 'ratio', ratios
   chosen = lrp_scorer(task, lrp_rule) if scorer == 'lrp' else SCORERS.get(scorer, 'scorer')
   if chosen.group_score is not None and granularity != 'channel':
     raise ValueError(f'scorer {scorer}: scores units, so it needs granularity channel')
@@ -164,7 +217,6 @@ def prune(
     score_members=score_members,
     allocator_kwargs=kwargs,
   )
-  context_fn = context_fn_for(task, score_examples)
 
   def wrap(tx: optax.GradientTransformation) -> optax.GradientTransformation:
     return masked(tx, pruner, context_fn=context_fn)

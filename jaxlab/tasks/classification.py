@@ -20,6 +20,7 @@ import optax
 
 import jaxlab.vision  # noqa: F401  (registers the mlp, vgg and resnet models)
 from jaxlab.core import data
+from jaxlab.core.config import base_config
 from jaxlab.core.errors import ConfigError
 from jaxlab.core.task import TASKS, Batch, DataIterator
 from jaxlab.nn import build_model
@@ -106,3 +107,26 @@ class ClassificationTask:
       process_index=process_index,
       process_count=process_count,
     )
+
+
+def classification_config(
+  source: str,
+  model: ml_collections.ConfigDict,
+  *,
+  steps: int,
+  batch_size: int = 64,
+  lr: float = 3e-3,
+  val_fraction: float = 0.2,
+) -> ml_collections.ConfigDict:
+  """A full config for `model` on `data.source=source`: AdamW, warmup 5% then cosine, the whole
+  test split evaluated 5 times during training, checkpoints every quarter."""
+  c = base_config()
+  c.task.name = 'classification'
+  c.data.source, c.data.val_fraction = source, val_fraction
+  c.data.batch_size, c.data.eval_batches = batch_size, 1000
+  c.model = model
+  c.optim.lr, c.optim.warmup_steps = lr, max(steps // 20, 1)
+  c.train.steps, c.train.eval_every = steps, max(steps // 5, 1)
+  c.train.log_every = max(min(steps // 20, 50), 1)
+  c.checkpoint.every = max(steps // 4, 1)
+  return c

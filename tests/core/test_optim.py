@@ -50,11 +50,11 @@ def test_clip_norm_bounds_the_update():
 
 def test_plugin_config_errors_name_the_plugin():
   with pytest.raises(ConfigError, match='plugins.nope'):
-    build_plugins(ml_collections.ConfigDict({'nope': {}}))
+    build_plugins(ml_collections.ConfigDict({'plugins': {'nope': {}}}))
   with pytest.raises(ConfigError, match='plugins.z_loss'):
-    build_plugins(ml_collections.ConfigDict({'z_loss': {'weight': 1.0}}))
+    build_plugins(ml_collections.ConfigDict({'plugins': {'z_loss': {'weight': 1.0}}}))
   with pytest.raises(ConfigError, match='plugins.freeze.pattern'):
-    build_plugins(ml_collections.ConfigDict({'freeze': {'pattern': '(['}}))
+    build_plugins(ml_collections.ConfigDict({'plugins': {'freeze': {'pattern': '(['}}}))
 
 
 def test_adamw_does_not_decay_2d_biases():
