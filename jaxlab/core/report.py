@@ -246,7 +246,8 @@ def write_sweep_report(
 ) -> pathlib.Path:
   """`workdir/report.md` for a sweep: one row per point, and the claim checked per point.
 
-  A relative claim (`claim.baseline = 'field=value'`) compares every other point with that one.
+  A relative claim (`claim.baseline = 'field=value'`) compares every other point with the
+  baseline point that has the same values of the other grid fields.
   """
   workdir = pathlib.Path(workdir)
   metrics = sorted({k for r in rows for k in r if '/' in k or k == 'wall_time_s'})
@@ -255,13 +256,25 @@ def write_sweep_report(
     [[r['point'], *(_format_number(r[m]) if m in r else '' for m in metrics)] for r in rows],
   )
   parts = [f'# {title}', f'## Points ({", ".join(fields)})\n\n{table}']
-  baseline_row = None
+  checks = []
   if claim.get('baseline'):
+    # Each point is compared with the baseline point that agrees on every other grid field.
     field, _, value = claim['baseline'].partition('=')
-    baseline_row = next((r for r in rows if str(r.get(field)) == value), None)
-  checks = [
-    (r['point'], check_claim(claim, r, baseline_row)) for r in rows if r is not baseline_row
-  ]
+    others = [f for f in fields if f != field]
+    for r in rows:
+      if str(r.get(field)) == value:
+        continue
+      base = next(
+        (
+          b
+          for b in rows
+          if str(b.get(field)) == value and all(str(b.get(f)) == str(r.get(f)) for f in others)
+        ),
+        None,
+      )
+      checks.append((r['point'], check_claim(claim, r, base)))
+  else:
+    checks = [(r['point'], check_claim(claim, r)) for r in rows]
   checks = [(p, c) for p, c in checks if c is not None]
   if checks:
     parts.append('## Claim\n\n' + _claim_table([c for _, c in checks], [p for p, _ in checks]))
