@@ -50,10 +50,13 @@ def _keep_all_but_lowest(scores: jax.Array, k: jax.Array) -> jax.Array:
 def global_threshold(
   scores: Sequence[jax.Array], sparsity: jax.Array, *, min_keep: int = 1, **_
 ) -> list[jax.Array]:
-  """Removes the `round(sparsity * total)` lowest-scoring groups over all families."""
+  """Removes the `round(sparsity * total)` lowest-scoring groups over all families (at most
+  all but the `min_keep` best of each family)."""
   sizes = [s.shape[0] for s in scores]
   flat = jnp.concatenate([_protect_best(s.astype(jnp.float32), min_keep) for s in scores])
+  protected = sum(min(max(min_keep, 0), n) for n in sizes)
   k = jnp.round(sparsity * flat.shape[0]).astype(jnp.int32)
+  k = jnp.minimum(k, flat.shape[0] - protected)  # the protected (+inf) groups never go
   keep = _keep_all_but_lowest(flat, k)
   return list(jnp.split(keep, np.cumsum(sizes)[:-1]))
 

@@ -10,9 +10,11 @@ output `z_k = sum_j a_j w_jk + b_k` of a Dense/Conv layer onto its inputs `a_j` 
   'alphabeta': R_j = sum_k (alpha * (a_j w_jk)^+ / z_k^+ - beta * (a_j w_jk)^- / z_k^-) * R_k,
                with alpha - beta = 1; alpha=1, beta=0 is the z^+ rule.
 
-The paper uses a composite: epsilon for dense layers and alpha-beta for convolutions (Sec. 3);
-`rule='composite'` does that with `alpha`/`beta` (default alpha=1, beta=0). The relevance of a
-unit or filter is its relevance summed over spatial positions and reference samples (Sec. 3.2).
+For pruning the paper uses a composite (Sec. 3): epsilon for dense layers, alpha-beta (alpha=2,
+beta=1 or alpha=1, beta=0) for convolutions; `rule='composite'` does that with `alpha`/`beta`
+(default alpha=1, beta=0). The relevance of a unit or filter is its relevance summed over
+spatial positions and reference samples (Sec. 3.2). (The authors' code, seulkiyeom/LRP_pruning,
+starts from a one-hot output relevance and applies the z^+ rule without biases everywhere.)
 
 Implementation: LRP as a modified gradient. The backward pass carries `s = R / a`, so that the
 relevance at any activation `a` is `a * s`. With this quantity the ordinary gradient of ReLU,
@@ -76,7 +78,6 @@ def fold_batch_norm(
   return kernel * scale, (bias - bn_stats['mean']) * scale + bn_params.get('bias', 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'rule', 'epsilon', 'alpha', 'beta', 'bias'))
 def lrp_relevance_maps(
   model: nn.Module,
   variables: Mapping,
@@ -92,7 +93,9 @@ def lrp_relevance_maps(
   """Per-sample LRP relevance at the output of every Dense/Conv layer and at the input.
 
   Relevance starts as the logit of the target class, zero for the other classes, and is
-  propagated back with `rule` (see the module docstring; Yeom et al. 2021, Sec. 3.1).
+  propagated back with `rule` (see the module docstring; Yeom et al. 2021, Sec. 3.1). Where
+  an output has no positive (negative) contribution, the alpha-beta rule drops its alpha
+  (beta) share, as is standard.
 
   Args:
     model: a flax model called as `model.apply(variables, inputs, train=False)`.
@@ -118,6 +121,44 @@ def lrp_relevance_maps(
   activation = getattr(getattr(model, 'cfg', None), 'activation', 'relu')
   if activation != 'relu':
     raise ValueError(f'LRP needs ReLU activations, got {activation!r}')
+  return _relevance_maps(model, variables, inputs, rule, epsilon, alpha, beta, bias, target)
+
+
+def lrp_relevance(
+  model: nn.Module,
+  variables: Mapping,
+  inputs: jax.Array,
+  *,
+  rule: str = 'epsilon',
+  epsilon: float = 1e-6,
+  alpha: float = 1.0,
+  beta: float = 0.0,
+  bias: bool = True,
+  target: int | jax.Array | None = None,
+) -> dict[str, jax.Array]:
+  """LRP pruning criterion: the relevance of every unit/filter of every Dense/Conv layer.
+
+  `R_c = sum_{samples} sum_{positions} R_c(sample, position)` for output channel `c`, the
+  relevance aggregated over the reference samples `inputs` (Yeom et al. 2021, Sec. 3.2).
+  Arguments are those of `lrp_relevance_maps`; the paper's setting is `rule='composite'`.
+
+  Returns:
+    `{path: [out_channels]}` for each Dense/Conv layer ('dense0', 'conv3', 'head', ...).
+  """
+  maps = lrp_relevance_maps(
+    model, variables, inputs, rule=rule, epsilon=epsilon, alpha=alpha, beta=beta, bias=bias,
+    target=target,
+  )  # fmt: skip
+  return {k: v.sum(axis=tuple(range(v.ndim - 1))) for k, v in maps.items() if k != 'input'}
+
+
+def _at(tree: Mapping, path: Path) -> Mapping:
+  return functools.reduce(operator.getitem, path, tree)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7))  # all but arrays, positional
+def _relevance_maps(model, variables, inputs, rule, epsilon, alpha, beta, bias, target):
+  """`lrp_relevance_maps`: a gradient of the target logit with LRP VJPs, read at probes."""
   layers = _trace_layers(model, variables, inputs)
   folded = {layer.bn for layer in layers.values() if layer.bn}
 
@@ -161,40 +202,8 @@ def lrp_relevance_maps(
   return maps | {'input': inputs * grads[0]}
 
 
-def lrp_relevance(
-  model: nn.Module,
-  variables: Mapping,
-  inputs: jax.Array,
-  *,
-  rule: str = 'epsilon',
-  epsilon: float = 1e-6,
-  alpha: float = 1.0,
-  beta: float = 0.0,
-  bias: bool = True,
-  target: int | jax.Array | None = None,
-) -> dict[str, jax.Array]:
-  """LRP pruning criterion: the relevance of every unit/filter of every Dense/Conv layer.
-
-  `R_c = sum_{samples} sum_{positions} R_c(sample, position)` for output channel `c`, the
-  relevance aggregated over the reference samples `inputs` (Yeom et al. 2021, Sec. 3.2).
-  Arguments are those of `lrp_relevance_maps`; the paper's setting is `rule='composite'`.
-
-  Returns:
-    `{path: [out_channels]}` for each Dense/Conv layer ('dense0', 'conv3', 'head', ...).
-  """
-  maps = lrp_relevance_maps(
-    model, variables, inputs, rule=rule, epsilon=epsilon, alpha=alpha, beta=beta, bias=bias,
-    target=target,
-  )  # fmt: skip
-  return {k: v.sum(axis=tuple(range(v.ndim - 1))) for k, v in maps.items() if k != 'input'}
-
-
-def _at(tree: Mapping, path: Path) -> Mapping:
-  return functools.reduce(operator.getitem, path, tree)
-
-
 def _trace_layers(model: nn.Module, variables: Mapping, inputs: jax.Array) -> dict[Path, _Layer]:
-  """The Dense/Conv layers in call order, each with the BatchNorm that directly follows it."""
+  """The Dense/Conv layers by path, each with the BatchNorm that directly follows it."""
   calls, layers = [], {}
 
   def record(next_fun, args, kwargs, context):
@@ -275,12 +284,8 @@ def _propagate(
   if rule in ('z', 'epsilon'):
     return transpose(kernel, _divide(relevance, linear(x, kernel) + b, epsilon))
   # (a_j w_jk)^+ = a_j^+ w_jk^+ + a_j^- w_jk^-; (a_j w_jk)^- = a_j^+ w_jk^- + a_j^- w_jk^+.
-  wp, wn, xp, xn = (
-    jnp.maximum(kernel, 0),
-    jnp.minimum(kernel, 0),
-    jnp.maximum(x, 0),
-    jnp.minimum(x, 0),
-  )
+  wp, wn = jnp.maximum(kernel, 0), jnp.minimum(kernel, 0)
+  xp, xn = jnp.maximum(x, 0), jnp.minimum(x, 0)
   qp = _divide(alpha * relevance, linear(xp, wp) + linear(xn, wn) + jnp.maximum(b, 0), 0.0)
   qn = _divide(beta * relevance, linear(xp, wn) + linear(xn, wp) + jnp.minimum(b, 0), 0.0)
   return jnp.where(

@@ -74,10 +74,22 @@ def one_shot(step: int, sparsity: float) -> Schedule:
 
 
 def iterative(start: int, end: int, rounds: int, sparsity: float) -> Schedule:
+  if rounds > 1 and end - start < rounds - 1:
+    # Otherwise the events would run on, one per step, past `end`.
+    raise ValueError(
+      f'iterative: {rounds} pruning rounds need end - start >= {rounds - 1} steps, got '
+      f'start={start} end={end}'
+    )
   return Schedule('iterative', start, end, rounds, sparsity)
 
 
 def gradual(start: int, end: int, every: int, sparsity: float, initial: float = 0.0) -> Schedule:
   if every < 1:
     raise ValueError(f'every: expected a positive number of steps, got {every}')
+  if end - start < every:
+    # A single event would prune to `initial` only: the target would never be reached.
+    raise ValueError(
+      f'gradual: expected end >= start + every (at least two pruning events), got '
+      f'start={start} end={end} every={every}'
+    )
   return Schedule('gradual', start, end, (end - start) // every + 1, sparsity, initial, every)
