@@ -247,7 +247,7 @@ def sparsity_metrics(params: Any, masks: Any, state: MaskedState | None = None) 
   kept = count_unmasked(masks)
   out = {
     'sparsity/params': kept.astype(jnp.float32),
-    'sparsity/fraction': 1.0 - kept.astype(jnp.float32) / total,
+    'sparsity/fraction': (total - kept).astype(jnp.float32) / total,  # exactly 0 when dense
   }
   if state is not None:
     out['sparsity/avg_params'] = state.param_steps / jnp.maximum(state.count, 1)

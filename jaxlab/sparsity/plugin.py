@@ -186,7 +186,24 @@ def prune(
   densities `pai_scorer` reaches when it prunes the initial weights globally to `sparsity`;
   with unstructured groups that is the PaI method itself, with channel groups the channel
   ratios that match those densities (which channels go is then `scorer`'s choice).
+
+  `when` sets the schedule from the run's length `T = config.train.steps` (the survey's three
+  timings): 'init' = one shot before the first update; 'during' = gradual (cubic) from 0.1 T
+  to 0.6 T every T/20 steps; 'after' = one shot at 0.7 T, the rest of training fine-tunes.
   """
+  if when not in WHEN:
+    raise ValueError(f'when: expected one of {WHEN[1:]} or empty, got {when!r}')
+  steps = config.train.steps
+  if when == 'init':
+    schedule, start = 'one_shot', 0
+  elif when == 'during':
+    schedule, start, end, every = 'gradual', steps // 10, (6 * steps) // 10, max(steps // 20, 1)
+  elif when == 'after':
+    schedule, start = 'one_shot', (7 * steps) // 10
+  if scorer != 'lrp':
+    SCORERS.get(scorer, 'scorer')  # a bad name fails before anything is traced
+  if scorer == 'lrp' and granularity != 'channel':
+    raise ValueError(f'scorer {scorer}: scores units, so it needs granularity channel')
   families = model_families(task, granularity, include, exclude)
   context_fn = context_fn_for(task, score_examples)
   if allocator == 'precrop':
@@ -199,8 +216,6 @@ def prune(
       ratios = channel_ratios(families, dens, shapes)
       allocator, densities = 'ratio', ratios
   chosen = lrp_scorer(task, lrp_rule) if scorer == 'lrp' else SCORERS.get(scorer, 'scorer')
-  if chosen.group_score is not None and granularity != 'channel':
-    raise ValueError(f'scorer {scorer}: scores units, so it needs granularity channel')
   if granularity == 'nm':
     allocator, sparsity = 'nm', 1.0 - n / m
   kwargs: dict[str, Any] = {'min_keep': min_keep}
