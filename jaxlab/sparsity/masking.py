@@ -215,7 +215,8 @@ def masked(
       else:
 
         def ctx_fn(p):
-          return context_fn(p, extra)
+          # The inner optimizer's state too: a scorer may read a posterior kept there.
+          return context_fn(p, {**extra, 'inner_state': state.inner_state})
 
       m = pruner.maybe_prune(state.count, params, m, ctx_fn)
     updates = apply_masks(updates, m)

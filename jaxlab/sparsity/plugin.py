@@ -114,7 +114,7 @@ def context_fn_for(task: Any, score_examples: int):
     def apply_fn(p, x):
       return task.forward({'params': p, **datafree_state}, x, train=False)
 
-    extras = {'batch': batch, 'model_state': model_state}
+    extras = {'batch': batch, 'model_state': model_state, 'inner_state': extra.get('inner_state')}
     if 'labels' in batch:
 
       def grasp_loss_fn(p):
@@ -249,19 +249,12 @@ def prune(
 def prune_summary(task: Any, state: Any, pruner: Pruner, eval_batches: list) -> dict[str, float]:
   """Final sparsity, FLOPs and (channel groups) the cropped model's size, FLOPs and accuracy."""
   ms = find_masked_state(state.opt_state)
-  params = jax.device_get(apply_masks(state.params, ms.masks))
-  variables = {'params': params, **jax.device_get(state.model_state)}
-  x = jnp.asarray(eval_batches[0]['inputs'])
-  forward = jax.jit(lambda v, x: task.forward(v, x, train=False))
-  dense = contraction_flops(forward, variables, x[:1], sparse=False)
-  nonzero = sum(int(np.count_nonzero(p)) for p in jax.tree.leaves(params))
-  total = sum(int(np.size(p)) for p in jax.tree.leaves(params))
+  variables = {
+    'params': jax.device_get(apply_masks(state.params, ms.masks)),
+    **jax.device_get(state.model_state),
+  }
   out = {
-    'sparsity/nonzero_params': float(nonzero),
-    'sparsity/total_params': float(total),
-    'sparsity/final_fraction': 1.0 - nonzero / total,
-    'flops/dense': dense,
-    'flops/sparse': contraction_flops(forward, variables, x[:1], sparse=True),
+    **sparse_summary(task, variables, eval_batches),
     'sparsity/avg_params': float(ms.param_steps / max(int(ms.count), 1)),
   }
   if pruner.families[0].members[0].axis is None:
@@ -269,26 +262,47 @@ def prune_summary(task: Any, state: Any, pruner: Pruner, eval_batches: list) -> 
   keeps = {
     f.name: np.asarray(a) for f, a in zip(pruner.families, pruner.alive(ms.masks), strict=True)
   }
-  small = crop(variables, pruner.families, keeps)
-  small_cfg = cropped_model_config(task.model_config, small)
-  small_model = build_model(small_cfg, task.model_size)
+  return {**out, **crop_summary(task, variables, pruner.families, keeps, eval_batches)}
+
+
+def sparse_summary(task: Any, variables: dict, eval_batches: list) -> dict[str, float]:
+  """Nonzero and total parameters, and dense vs sparse contraction FLOPs of one example."""
+  params = variables['params']
+  x = jnp.asarray(eval_batches[0]['inputs'][:1])
+  forward = jax.jit(lambda v, x: task.forward(v, x, train=False))
+  nonzero = sum(int(np.count_nonzero(p)) for p in jax.tree.leaves(params))
+  total = sum(int(np.size(p)) for p in jax.tree.leaves(params))
+  return {
+    'sparsity/nonzero_params': float(nonzero),
+    'sparsity/total_params': float(total),
+    'sparsity/final_fraction': 1.0 - nonzero / total,
+    'flops/dense': contraction_flops(forward, variables, x, sparse=False),
+    'flops/sparse': contraction_flops(forward, variables, x, sparse=True),
+  }
+
+
+def crop_summary(
+  task: Any, variables: dict, families: tuple[Family, ...], keeps: dict, eval_batches: list
+) -> dict[str, float]:
+  """Crops `variables` to the kept groups and compares the cropped model with the full one on
+  the eval batches: its parameters, FLOPs, accuracy and largest logit difference."""
+  forward = jax.jit(lambda v, x: task.forward(v, x, train=False))
+  small = crop(variables, families, keeps)
+  small_model = build_model(cropped_model_config(task.model_config, small), task.model_size)
   small_fwd = jax.jit(lambda v, x: small_model.apply(v, x, train=False))
-  correct = count = 0.0
-  max_diff = 0.0
+  correct = count = max_diff = 0.0
   for b in eval_batches:
     xb, mask = jnp.asarray(b['inputs']), np.asarray(b.get('mask', np.ones(len(b['labels']))))
     y_full, y_small = np.asarray(forward(variables, xb)), np.asarray(small_fwd(small, xb))
     max_diff = max(max_diff, float(np.max(np.abs(y_full - y_small))))
     correct += float(np.sum((y_small.argmax(-1) == np.asarray(b['labels'])) * mask))
     count += float(mask.sum())
-  out.update(
-    {
-      'crop/params': float(sum(int(np.size(p)) for p in jax.tree.leaves(small['params']))),
-      'crop/flops': contraction_flops(small_fwd, small, x[:1], sparse=False),
-      'crop/eval_accuracy': correct / max(count, 1.0),
-      'crop/max_logit_diff': max_diff,
-      'crop/groups_kept': float(sum(int(k.sum()) for k in keeps.values())),
-      'crop/groups_total': float(sum(f.size for f in pruner.families)),
-    }
-  )
-  return out
+  x = jnp.asarray(eval_batches[0]['inputs'][:1])
+  return {
+    'crop/params': float(sum(int(np.size(p)) for p in jax.tree.leaves(small['params']))),
+    'crop/flops': contraction_flops(small_fwd, small, x, sparse=False),
+    'crop/eval_accuracy': correct / max(count, 1.0),
+    'crop/max_logit_diff': max_diff,
+    'crop/groups_kept': float(sum(int(np.sum(k)) for k in keeps.values())),
+    'crop/groups_total': float(sum(f.size for f in families)),
+  }
