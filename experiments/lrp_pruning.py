@@ -45,6 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'start': steps - 1,  # the last update: no fine-tuning
       'sparsity': 0.3,
       'score_examples': 16,
+      # Every criterion's scores are divided by their layer's sum before the global ranking,
+      # as the authors' code (seulkiyeom/LRP_pruning) does.
+      'normalize': True,
       'exclude': '',
     }
   )

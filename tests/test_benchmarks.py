@@ -62,3 +62,27 @@ def test_pararnn_speed_runs(tmp_path):
   for row in rows:  # the timed parallel solver computed the same states and gradients
     assert row['max_abs_diff'] < 1e-4 and row['grad_rel_diff'] < 1e-3
     assert row['speedup_fwd'] > 0 and row['par_bwd_mem'] > 0
+
+
+def test_precrop_speed_runs(tmp_path):
+  out = _run(
+    'benchmarks/precrop_speed.py',
+    'experiments/precropping.py:tiny',
+    '--steps',
+    '2',
+    '--warmup',
+    '1',
+    '--config.model.channels=(8, 8, 16, 16)',
+    '--config.data.batch_size=16',
+    '--json',
+    str(tmp_path / 'precrop.json'),
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  numbers = json.loads((tmp_path / 'precrop.json').read_text())
+  # The cropped model is narrower in every layer and has about the masked model's budget.
+  widths = numbers['cropped_model']['channels']
+  assert len(widths) == 4 and all(w <= c for w, c in zip(widths, (8, 8, 16, 16), strict=True))
+  assert numbers['cropped_params'] < numbers['dense_params']
+  assert numbers['cropped_flops'] < numbers['dense_flops']
+  assert numbers['masked_params'] < numbers['dense_params']
+  assert numbers['masked_over_cropped'] > 0 and 'speedup of the cropped step' in out.stdout

@@ -112,7 +112,8 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 
   Args:
     spec: the experiment file, optionally followed by `:arg` passed to `get_config(arg)`.
-    overrides: command-line strings `--config.field=value` (or `--config.field value`).
+    overrides: command-line strings `--config.field=value`; of two for one field, the later
+      wins.
 
   Returns:
     The resolved config (locked: no new fields can be added).
@@ -129,6 +130,10 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   for o in overrides:
     if not o.startswith('--config.'):
       raise ConfigError(f'override: expected --config.<field>=<value>, got {o!r}')
+  # A later override of a field replaces an earlier one (ml_collections would append a
+  # repeated tuple override to the first instead).
+  last = {o.removeprefix('--config.').partition('=')[0]: o for o in overrides}
+  overrides = list(last.values())
   values = flags.FlagValues()
   argv = ['jaxlab', f'--config={spec}', *overrides]
   config_flags.DEFINE_config_file('config', flag_values=values, sys_argv=argv, lock_config=True)

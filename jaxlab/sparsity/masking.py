@@ -53,6 +53,16 @@ def apply_masks(params: Any, masks: Any) -> Any:
   return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
 
 
+def alive_groups(families: tuple[Family, ...], masks: Any) -> list[jax.Array]:
+  """`[size]` per family: whether any entry of the group is still unmasked."""
+  flat = _flat_params(masks)
+  out = []
+  for f in families:
+    rows = [member_slices(flat[m.path], m, f.size).any(axis=1) for m in f.param_members]
+    out.append(jnp.any(jnp.stack(rows), axis=0))
+  return out
+
+
 def count_unmasked(masks: Any) -> jax.Array:
   return sum(jnp.sum(m, dtype=jnp.int32) for m in jax.tree.leaves(masks))
 
@@ -70,6 +80,9 @@ class Pruner:
       from the previous event's to the target (SynFlow uses 100 at initialisation).
     score_members: structured groups are scored over their 'producer' slices (the filter,
       classic filter pruning) or over 'all' their parameters (OTOv3's zero-invariant group).
+    normalize: divide each family's scores by their sum of absolute values before a global
+      allocation, so layers compete on relative importance (what the LRP-pruning code does
+      for every criterion it compares).
     allocator_kwargs: e.g. `{'densities': {...}}` for 'ratio', `{'n': 2, 'm': 4}` for 'nm'.
   """
 
@@ -79,6 +92,7 @@ class Pruner:
   schedule: Schedule
   rounds: int = 1
   score_members: str = 'producer'
+  normalize: bool = False
   allocator_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
@@ -104,12 +118,7 @@ class Pruner:
 
   def alive(self, masks: Any) -> list[jax.Array]:
     """`[size]` per family: whether any entry of the group is still unmasked."""
-    flat = _flat_params(masks)
-    out = []
-    for f in self.families:
-      rows = [member_slices(flat[m.path], m, f.size).any(axis=1) for m in f.param_members]
-      out.append(jnp.any(jnp.stack(rows), axis=0))
-    return out
+    return alive_groups(self.families, masks)
 
   def group_scores(self, ctx: ScoreContext) -> list[jax.Array]:
     if self.scorer.group_score is not None:
@@ -141,6 +150,8 @@ class Pruner:
   ) -> Any:
     """New masks at `sparsity`: scores of the masked parameters, removed groups stay removed."""
     scores = self.group_scores(ctx_fn(apply_masks(params, masks)))
+    if self.normalize:
+      scores = [s / (jnp.sum(jnp.abs(s)) + 1e-30) for s in scores]
     scores = [
       jnp.where(a, s.astype(jnp.float32), -jnp.inf)
       for s, a in zip(scores, self.alive(masks), strict=True)

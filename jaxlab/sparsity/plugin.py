@@ -179,6 +179,7 @@ def prune(
   min_keep: int = 1,
   pai_scorer: str = 'snip',
   when: str = '',
+  normalize: bool = False,
 ) -> Plugin:
   """Builds the pruner the arguments name (see the module docstring).
 
@@ -230,6 +231,7 @@ def prune(
     make_schedule(schedule, sparsity, start, end, every, events),
     rounds=rounds,
     score_members=score_members,
+    normalize=normalize,
     allocator_kwargs=kwargs,
   )
 

@@ -10,7 +10,7 @@ import pytest
 from jaxlab.core.config import base_config, config_from_json, load_config, mesh_shape, save_config
 from jaxlab.core.errors import ConfigError
 from jaxlab.core.train import train_and_evaluate
-from tests.conftest import LM, tiny_config
+from tests.conftest import LM, REPO, tiny_config
 
 
 def test_overrides_apply_with_the_field_type():
@@ -111,3 +111,12 @@ def test_config_json_round_trip(tmp_path):
   path = save_config(c, tmp_path)
   back = config_from_json(path)
   assert back.optim.lr == 0.25 and back.model.name == 'transformer'
+
+
+def test_a_later_override_of_a_field_wins():
+  # Also for tuples, which ml_collections' flags would otherwise concatenate.
+  c = load_config(f'{LM}:tiny', ['--config.optim.lr=1e-3', '--config.optim.lr=2e-3'])
+  assert c.optim.lr == 2e-3
+  spec = f'{REPO}/experiments/precropping.py:tiny'
+  c = load_config(spec, ['--config.model.channels=(8, 8)', '--config.model.channels=(4, 6)'])
+  assert tuple(c.model.channels) == (4, 6)
