@@ -19,9 +19,10 @@ before anything of `tx` (global-norm clipping, AdamW), exactly as if the prior w
 the loss. `prior_scale` defaults to 1/N for N training examples (the ELBO per example, as the
 task's loss is a mean over examples). With `start > 0` the prior is off for the first `start`
 steps (`delayed`): the network first learns, then is compressed. From a random initialisation
-the Turbo-VBI prior at its defaults (spike threshold |w| ≈ 0.05, below a no-BN VGG's initial
-weight scale) can shrink every neuron before the data gradient grows, and training never
-starts (seen on the tiny VGG: `prior/expected_neurons` falls to 0, loss stays ln 10).
+the Turbo-VBI prior at its defaults (spike threshold |w| ≈ 0.05, about the initial weight
+scale of a no-BN VGG's deeper layers) can shrink every neuron before the data gradient grows,
+and training never starts (seen on the tiny VGG: `prior/expected_neurons` falls to 0, the loss
+stays at ln 10).
 
 **Plugin order.** `config.plugins` is a ConfigDict, which sorts its keys unless built with
 `sort_keys=False`; the plugins wrap in that order. To let `prune` see the Turbo-VBI posterior
@@ -35,7 +36,9 @@ its posterior keep probability P(neuron active) from the last Turbo-VBI refresh
 (`keep_probabilities`). Keep probabilities within `KEEP_TIE` of 1 (the posterior is sure the
 neuron is active; in float32 many are exactly 1) are ranked among themselves by the L1 norm of
 the neuron's kernel slice, so that ties are not broken by channel index (the allocators remove
-the earlier index first, which would fake contiguous pruned runs).
+the earlier index first, which would fake contiguous pruned runs). So when the posterior is
+sure every neuron is active at the pruning step, `bayesian` chooses the channels `magnitude`
+does.
 
 Logged every step: `prior/group_norm` (Σ_g ‖w_g‖₂) and, for turbo_vbi, `prior/expected_neurons`
 (Σ keep probabilities). After training, with a `prune` mask present: the paper's "regular
