@@ -87,7 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.checkpoint = ml_collections.ConfigDict({'every': 500, 'keep': 3, 'async_save': True})
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'model': 1, 'rules': DEFAULT_RULES})
-  c.plugins = ml_collections.ConfigDict()  # plugin name -> its kwargs (jaxlab.core.plugins)
+  # plugin name -> its kwargs (jaxlab.core.plugins); insertion order = wrapping order
+  c.plugins = ml_collections.ConfigDict(sort_keys=False)
   c.metrics = ml_collections.ConfigDict({'tensorboard': True})
   c.report = ml_collections.ConfigDict(
     {

@@ -8,7 +8,8 @@ plugins on by name with their keyword arguments:
   config.plugins.z_loss = ml_collections.ConfigDict({'coeff': 1e-4})
   config.plugins.freeze = ml_collections.ConfigDict({'pattern': r'embed/.*'})
 
-Plugins apply in the order of `config.plugins` (each wraps the previous optimizer). The
+Plugins apply in the order they were added to `config.plugins` (each wraps the previous
+optimizer; `base_config()` builds it with `sort_keys=False`, so the order is kept). The
 optimizer's `update` receives the batch and the model state as extra keyword arguments
 (`batch=`, `model_state=`), for transforms that score parameters on data (pruning criteria).
 A factory that takes a `task` (or `config`) argument is given the task (or the config). A plugin may

@@ -1,6 +1,5 @@
 """The `structured_prior` plugin: a structured-sparsity prior's gradient added before the optimizer.
 
-  config.plugins = ml_collections.ConfigDict(sort_keys=False)  # keep the order listed
   config.plugins.structured_prior = ml_collections.ConfigDict({'kind': 'turbo_vbi'})
   config.plugins.prune = ml_collections.ConfigDict({'granularity': 'channel', ...})
 
@@ -24,21 +23,22 @@ scale of a no-BN VGG's deeper layers) can shrink every neuron before the data gr
 and training never starts (seen on the tiny VGG: `prior/expected_neurons` falls to 0, the loss
 stays at ln 10).
 
-**Plugin order.** `config.plugins` is a ConfigDict, which sorts its keys unless built with
-`sort_keys=False`; the plugins wrap in that order. To let `prune` see the Turbo-VBI posterior
-(the `bayesian` scorer), `structured_prior` must wrap first, so `prune`'s mask wrapper is
-outermost and its `inner_state` holds the `TurboVBIState`: build `config.plugins` with
-`sort_keys=False` and list `structured_prior` before `prune` (`experiments/turbo_vbi.py` does).
+**Plugin order.** Plugins wrap in the order they were added to `config.plugins` (built by
+`base_config()` with `sort_keys=False`; a plain ConfigDict would sort them). To let `prune` see
+the Turbo-VBI posterior (the `bayesian` scorer), `structured_prior` must wrap first, so
+`prune`'s mask wrapper is outermost and its `inner_state` holds the `TurboVBIState`: add
+`structured_prior` before `prune` (`experiments/turbo_vbi.py` does).
 In the other order the gradients are the same; only the `bayesian` scorer fails (loudly).
 
 Importing this module also registers the scorer `'bayesian'` in `SCORERS`: a neuron's score is
 its posterior keep probability P(neuron active) from the last Turbo-VBI refresh
-(`keep_probabilities`). Keep probabilities within `KEEP_TIE` of 1 (the posterior is sure the
-neuron is active; in float32 many are exactly 1) are ranked among themselves by the L1 norm of
-the neuron's kernel slice, so that ties are not broken by channel index (the allocators remove
-the earlier index first, which would fake contiguous pruned runs). So when the posterior is
-sure every neuron is active at the pruning step, `bayesian` chooses the channels `magnitude`
-does.
+(`keep_probabilities`). The posterior is often sure: in float32 many keep probabilities are
+exactly 1 or exactly 0 (on the small VGG, most neurons of a layer share one of 2-6 values).
+Those within `KEEP_TIE` of 1 rank above all others and those within `KEEP_TIE` of 0 below
+all others, each set among itself by the L1 norm of the neuron's kernel slice, so that ties
+are not broken by channel index (the allocators remove the earlier index first, which fakes
+contiguous pruned runs). So when the posterior is sure about every neuron at the pruning step,
+`bayesian` chooses within its two sets as `magnitude` does.
 
 Logged every step: `prior/group_norm` (Σ_g ‖w_g‖₂) and, for turbo_vbi, `prior/expected_neurons`
 (Σ keep probabilities). After training, with a `prune` mask present: the paper's "regular
@@ -66,7 +66,7 @@ from jaxlab.sparsity.plugin import model_families
 from jaxlab.sparsity.scorers import SCORERS, ScoreContext, Scorer
 
 KINDS = ('none', 'group_lasso', 'turbo_vbi')
-KEEP_TIE = 1e-4  # keep probabilities >= 1 - KEEP_TIE are ranked by their L1 norm
+KEEP_TIE = 1e-4  # keep probabilities within KEEP_TIE of 0 or 1 are ranked by their L1 norm
 
 
 # ------------------------------------------------------------------------------ the scorer
@@ -76,16 +76,17 @@ def bayesian_group_score(ctx: ScoreContext) -> dict[str, jax.Array]:
   """{family name (its first producer layer): [size] score}: the Turbo-VBI keep probability.
 
   Reads the `TurboVBIState` in `ctx.extras['inner_state']` (the optimizer state inside
-  `prune`'s mask wrapper). A score within `KEEP_TIE` of 1 becomes 1 + ℓ/(1 + ℓ), ℓ the L1 norm
-  of the neuron's slice of its layer's kernel (last axis), which ranks such neurons above all
-  others and among themselves by magnitude.
+  `prune`'s mask wrapper). With ℓ the L1 norm of the neuron's slice of its layer's kernel (last
+  axis) and t = ℓ/(1 + ℓ) ∈ [0, 1), a keep probability within `KEEP_TIE` of 1 becomes 1 + t and
+  one within `KEEP_TIE` of 0 becomes t - 1: such neurons rank above (below) all others and
+  among themselves by magnitude.
   """
   state = find_turbo_state(ctx.extras.get('inner_state'))
   if state is None:
     raise ValueError(
       "scorer bayesian: no Turbo-VBI posterior in the pruner's inner optimizer state; use "
-      "plugins.structured_prior with kind='turbo_vbi', listed before plugins.prune in a "
-      'config.plugins built with ConfigDict(sort_keys=False)'
+      "plugins.structured_prior with kind='turbo_vbi', added to config.plugins before "
+      'plugins.prune'
     )
   flat = flat_arrays({'params': ctx.params})
   out = {}
@@ -96,7 +97,10 @@ def bayesian_group_score(ctx: ScoreContext) -> dict[str, jax.Array]:
       out[name] = keep
       continue
     l1 = jnp.sum(jnp.abs(kernel.reshape(-1, kernel.shape[-1])), axis=0).astype(jnp.float32)
-    out[name] = jnp.where(keep >= 1.0 - KEEP_TIE, 1.0 + l1 / (1.0 + l1), keep)
+    t = l1 / (1.0 + l1)
+    out[name] = jnp.where(
+      keep >= 1.0 - KEEP_TIE, 1.0 + t, jnp.where(keep <= KEEP_TIE, t - 1.0, keep)
+    )
   return out
 
 
