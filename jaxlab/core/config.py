@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(
     {
       # lm: 'embedded' | 'text' | 'tokens' (.npy/.bin memmap) | 'synthetic';
-      # classification: a `jaxlab.core.data.DATASETS` name ('digits', 'shapes', 'cifar10', 'npz')
+      # classification: a `DATASETS` name ('digits', 'shapes', 'cifar10', 'npz', 'imagefolder')
       'source': 'embedded',
       'path': '',
       'synthetic': 'copy',  # with source='synthetic': copy | parity | associative_recall | ...

@@ -196,3 +196,42 @@ def test_resize_images_to_a_given_size():
   # Size 0 or the same size: unchanged.
   assert resize_images(images, 0) is images
   assert resize_images(images, 8) is images
+
+
+# ----------------------------------------------------------------------------- imagefolder
+
+
+def _write_imagefolder(root: pathlib.Path) -> None:
+  from PIL import Image
+
+  # class 'cat' images are red, class 'dog' images are blue; sizes differ, as in ImageNet.
+  for split, count in (('train', 3), ('val', 2)):
+    for name, colour in (('cat', (255, 0, 0)), ('dog', (0, 0, 255))):
+      folder = root / split / name
+      folder.mkdir(parents=True)
+      for i in range(count):
+        Image.new('RGB', (10 + 3 * i, 7 + i), colour).save(folder / f'{i}.png')
+  (root / 'train' / 'cat' / 'notes.txt').write_text('not an image')
+
+
+def test_imagefolder_reads_the_imagenet_layout(tmp_path):
+  _write_imagefolder(tmp_path / 'set')
+  ds = _load('imagefolder', path=str(tmp_path / 'set'), image_size=8)
+  assert ds.num_classes == 2 and ds.input_shape == (8, 8, 3)
+  assert len(ds.train_labels) == 6 and len(ds.test_labels) == 4
+  # 'cat' (sorted first) is class 0 and red; 'dog' is class 1 and blue, in both splits.
+  for x, y in ((ds.train_inputs, ds.train_labels), (ds.test_inputs, ds.test_labels)):
+    assert np.allclose(x[y == 0][..., 0], 1.0) and np.allclose(x[y == 0][..., 2], 0.0)
+    assert np.allclose(x[y == 1][..., 2], 1.0) and np.allclose(x[y == 1][..., 0], 0.0)
+
+
+def test_imagefolder_errors_are_clear(tmp_path):
+  _write_imagefolder(tmp_path / 'set')
+  with pytest.raises(ValueError, match='image_size'):
+    _load('imagefolder', path=str(tmp_path / 'set'), image_size=0)
+  (tmp_path / 'set' / 'val' / 'bird').mkdir()
+  (tmp_path / 'set' / 'val' / 'bird' / 'x.png').write_bytes(b'')
+  with pytest.raises(ValueError, match='val/bird is not a class'):
+    _load('imagefolder', path=str(tmp_path / 'set'), image_size=8)
+  with pytest.raises(ValueError, match='class folders'):
+    _load('imagefolder', path=str(tmp_path), image_size=8)

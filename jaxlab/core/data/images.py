@@ -12,6 +12,10 @@ is registered in `DATASETS` under its `config.data.source` name:
 - `cifar10`: the CIFAR-10 "python version" directory (`data_batch_1..5`, `test_batch`).
 - `npz`: a `.npz` file with `x_train, y_train, x_test, y_test` (images NHWC or NHW, any dtype;
   integer images are divided by 255).
+- `imagefolder`: an ImageNet-style directory `data.path/{train,val}/<class>/<image>` (any
+  format Pillow reads, converted to RGB), classes in sorted order; needs `data.image_size`
+  (every image is resized to it, as ImageNet images differ in size). Loaded into memory, so for
+  subsets that fit (ImageNet-100 at 64 px, Imagenette, a user's own set).
 
 `data.image_size > 0` resizes every image bilinearly (e.g. digits 8 -> 32 for a VGG).
 """
@@ -171,3 +175,49 @@ def load_npz(cfg: ml_collections.ConfigDict) -> LabelledArrays:
   classes = int(max(y_train.max(), y_test.max())) + 1
   x_train, x_test = resize_images(x_train, cfg.image_size), resize_images(x_test, cfg.image_size)
   return LabelledArrays(path.stem, x_train, y_train, x_test, y_test, classes)
+
+
+IMAGE_SUFFIXES = ('.jpeg', '.jpg', '.png', '.bmp', '.gif', '.webp', '.ppm', '.tif', '.tiff')
+
+
+@DATASETS.register('imagefolder')
+def load_imagefolder(cfg: ml_collections.ConfigDict) -> LabelledArrays:
+  """Images from `data.path/{train,val}/<class>/*` (the ImageNet layout), resized to
+  `data.image_size`; the class of an image is the index of its folder among the sorted
+  train folders."""
+  from PIL import Image  # noqa: PLC0415 (only this loader needs it; matplotlib brings Pillow)
+
+  root = _required_file(cfg.path, 'a directory with train/ and val/ class folders')
+  if cfg.image_size <= 0:
+    raise ValueError(
+      f'data.image_size: imagefolder needs a positive size to resize to, got {cfg.image_size}'
+    )
+  classes = (
+    sorted(d.name for d in (root / 'train').iterdir() if d.is_dir())
+    if (root / 'train').is_dir()
+    else []
+  )
+  if not classes:
+    raise ValueError(f'data.path: expected class folders in {str(root / "train")!r}, found none')
+
+  def read(split: str) -> tuple[np.ndarray, np.ndarray]:
+    split_dir = root / split
+    if not split_dir.is_dir():
+      raise ValueError(f'data.path: expected a {split}/ directory in {str(root)!r}')
+    xs, ys = [], []
+    for folder in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+      if folder.name not in classes:
+        raise ValueError(f'data.path: {split}/{folder.name} is not a class of train/')
+      for f in sorted(folder.iterdir()):
+        if f.suffix.lower() in IMAGE_SUFFIXES:
+          with Image.open(f) as im:
+            im = im.convert('RGB').resize((cfg.image_size, cfg.image_size), Image.BILINEAR)
+            xs.append(np.asarray(im, np.uint8))
+          ys.append(classes.index(folder.name))
+    if not xs:
+      raise ValueError(f'data.path: no images in {str(split_dir)!r}')
+    return _as_float_images(np.stack(xs)), np.asarray(ys, np.int32)
+
+  x_train, y_train = read('train')
+  x_test, y_test = read('val')
+  return LabelledArrays(root.name, x_train, y_train, x_test, y_test, len(classes))
