@@ -188,6 +188,9 @@ class MaskedState(NamedTuple):
   masks: Any  # booleans shaped like the parameters
   count: jax.Array  # int32: updates done
   param_steps: jax.Array  # float32: Σ over updates of the number of unmasked parameters
+  # Σ over updates of the scorer's per-step statistic (movement: −g ⊙ w), shaped like the
+  # parameters; `()` when the scorer keeps none.
+  accumulated: Any = ()
 
 
 def masked(
@@ -209,32 +212,41 @@ def masked(
       and `model_state`).
   """
 
+  accumulate = pruner.scorer.accumulate if pruner is not None else None
+
   def init_fn(params):
     m = masks if masks is not None else jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
-    return MaskedState(inner.init(params), m, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
+    acc = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params) if accumulate else ()
+    zero_i, zero_f = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
+    return MaskedState(inner.init(params), m, zero_i, zero_f, acc)
 
   def update_fn(updates, state, params=None, **extra):
     if params is None:
       raise ValueError('masked: update needs the parameters (optax params argument)')
-    m = state.masks
+    m, acc = state.masks, state.accumulated
+    if accumulate is not None:  # this step's gradient counts towards its own pruning event
+      acc = jax.tree.map(jnp.add, acc, accumulate(apply_masks(updates, m), params))
     if pruner is not None:
+      # The inner optimizer's state and the accumulated statistic too: a scorer may read a
+      # posterior kept by an inner transform, or the movement summed over the steps.
+      known = {**extra, 'inner_state': state.inner_state, 'accumulated': acc}
       if context_fn is None:
 
         def ctx_fn(p):
-          return ScoreContext(p, _no_model, _no_model, (), jax.random.key(0), extra)
+          return ScoreContext(p, _no_model, _no_model, (), jax.random.key(0), known)
 
       else:
 
         def ctx_fn(p):
-          # The inner optimizer's state too: a scorer may read a posterior kept there.
-          return context_fn(p, {**extra, 'inner_state': state.inner_state})
+          return context_fn(p, known)
 
       m = pruner.maybe_prune(state.count, params, m, ctx_fn)
     updates = apply_masks(updates, m)
     updates, inner_state = inner.update(updates, state.inner_state, params, **extra)
     updates = jax.tree.map(lambda u, p, k: jnp.where(k, u, -p).astype(u.dtype), updates, params, m)
     present = count_unmasked(m).astype(jnp.float32)
-    return updates, MaskedState(inner_state, m, state.count + 1, state.param_steps + present)
+    new_state = MaskedState(inner_state, m, state.count + 1, state.param_steps + present, acc)
+    return updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

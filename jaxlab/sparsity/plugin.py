@@ -1,7 +1,8 @@
 """The `prune` plugin: any pruning method of `jaxlab.sparsity` from the config.
 
   config.plugins.prune = ml_collections.ConfigDict({
-    'scorer': 'snip',              # SCORERS: magnitude random snip grasp synflow taylor lrp
+    'scorer': 'snip',              # SCORERS: magnitude random snip grasp synflow taylor
+                                   #   movement lrp (bayesian with structured_prior)
     'granularity': 'unstructured', # 'unstructured' | 'nm' | 'channel' (zero-invariant groups)
     'allocator': 'global',         # ALLOCATORS: global uniform ratio (nm), or 'precrop'
     'schedule': 'one_shot',        # one_shot | iterative | gradual
@@ -114,7 +115,12 @@ def context_fn_for(task: Any, score_examples: int):
     def apply_fn(p, x):
       return task.forward({'params': p, **datafree_state}, x, train=False)
 
-    extras = {'batch': batch, 'model_state': model_state, 'inner_state': extra.get('inner_state')}
+    extras = {
+      'batch': batch,
+      'model_state': model_state,
+      'inner_state': extra.get('inner_state'),
+      'accumulated': extra.get('accumulated'),
+    }
     if 'labels' in batch:
 
       def grasp_loss_fn(p):

@@ -20,6 +20,9 @@ The built-in criteria (`SCORERS`):
   running statistics it was initialised with (mean 0, variance 1), so the score is data-free.
   The paper prunes iteratively at initialisation (100 rounds, Alg. 1): `Pruner(rounds=100)`.
 - `taylor`: first-order Taylor expansion of the loss change `(g ⊙ w)^2` (Molchanov et al.).
+- `movement`: movement pruning's score `S = −Σ_t g_t ⊙ w_t` summed over the training steps so
+  far (Sanh et al., 2020, Sec. 3, first-order movement): weights moving away from zero are
+  kept. The sum lives in the mask wrapper's state (`MaskedState.accumulated`).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class Scorer:
   reduce: str = 'sum'  # 'sum' | 'square_of_sum'
   group_score: Callable[[ScoreContext], dict[str, jax.Array]] | None = None
   signed: bool = False  # elementwise values are signed terms of a group sum (Taylor)
+  # (grads, params) -> tree added up over every update into `extras['accumulated']` (movement)
+  accumulate: Callable[[Any, Any], Any] | None = None
 
 
 SCORERS: Registry[Scorer] = Registry('scorer')
@@ -114,9 +119,18 @@ def synflow_score(ctx: ScoreContext) -> Any:
   return jax.tree.map(lambda g, w: jnp.abs(g * w), grads, abs_params)
 
 
+def movement_step(grads: Any, params: Any) -> Any:
+  return jax.tree.map(lambda g, w: -(g * w).astype(jnp.float32), grads, params)
+
+
+def movement_score(ctx: ScoreContext) -> Any:
+  return ctx.extras['accumulated']
+
+
 MAGNITUDE = _register(Scorer('magnitude', magnitude_score))
 RANDOM = _register(Scorer('random', random_score))
 SNIP = _register(Scorer('snip', snip_score))
 GRASP = _register(Scorer('grasp', grasp_score))
 SYNFLOW = _register(Scorer('synflow', synflow_score))
 TAYLOR = _register(Scorer('taylor', taylor_terms, reduce='square_of_sum', signed=True))
+MOVEMENT = _register(Scorer('movement', movement_score, accumulate=movement_step))

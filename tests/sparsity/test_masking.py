@@ -27,6 +27,7 @@ from jaxlab.sparsity import (
   gradual,
   group_matrix,
   masked,
+  one_shot,
   unstructured_families,
   zero_invariant_families,
 )
@@ -303,3 +304,31 @@ def test_sharded_parameters_give_the_unsharded_masks(gradual_run, tmp_path):
   np.testing.assert_array_equal(got['masks'], masks)
   np.testing.assert_allclose(got['trace'], trace, rtol=1e-5, atol=1e-6)
   assert np.all(got['trace'][~got['masks']] == 0.0)
+
+
+def test_movement_scores_the_summed_movement_and_prunes_its_lowest():
+  """Movement pruning (Sanh et al., 2020): S = −Σ_t g_t ⊙ w_t over the steps up to the event."""
+  rng = np.random.default_rng(0)
+  target = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
+  params = {'dense': {'kernel': jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)}}
+
+  def loss(p):
+    return 0.5 * jnp.sum(jnp.square(p['dense']['kernel'] - target))
+
+  families = unstructured_families(params)
+  pruner = Pruner(families, SCORERS.get('movement'), 'global', one_shot(3, 0.5))
+  tx = masked(optax.sgd(0.1), pruner)
+  state = tx.init(params)
+  step = jax.jit(lambda p, s: tx.update(jax.grad(loss)(p), s, p))
+  expected = np.zeros((6, 5))
+  p = params
+  for _ in range(4):  # the event is the update of step 3; its own gradient counts
+    w = np.asarray(p['dense']['kernel'])
+    expected -= np.asarray(jax.grad(loss)(p)['dense']['kernel']) * w
+    updates, state = step(p, state)
+    p = optax.apply_updates(p, updates)
+  np.testing.assert_allclose(state.accumulated['dense']['kernel'], expected, rtol=1e-5, atol=1e-6)
+  kept = np.asarray(state.masks['dense']['kernel'])
+  assert kept.sum() == 15  # exactly half of 30
+  assert expected[kept].min() >= expected[~kept].max()
+  assert np.all(np.asarray(p['dense']['kernel'])[~kept] == 0.0)
