@@ -48,6 +48,9 @@ def test_shrunk_sweep_reports_the_claim(tmp_path, paper, grid, extra):
       assert r['crop/max_logit_diff'] <= 1e-5
       assert r['crop/eval_accuracy'] == pytest.approx(r['eval/accuracy'], abs=1e-6)
   report = (tmp_path / 'report.md').read_text()
-  assert '## Claim' in report and ('held' in report)
+  claim = report.split('## Claim', 1)[1].split('## Plots', 1)[0]
+  # One verdict, for the point that is not the baseline, measured against it.
+  rows = [line for line in claim.splitlines() if line.startswith('| plugins.')]
+  assert len(rows) == 1 and ('**held**' in rows[0] or '**did NOT hold**' in rows[0])
   with (tmp_path / 'results.csv').open() as f:
     assert len(list(csv.DictReader(f))) == 2
