@@ -87,7 +87,7 @@ import jax.numpy as jnp
 import optax
 from jax.scipy.special import digamma
 
-from jaxlab.sparsity.groups import Family, Member, flat_arrays, member_slices, unflatten_like
+from jaxlab.sparsity.groups import Family, Member, flat_arrays, group_rows, unflatten_like
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,9 +311,7 @@ def _producers(family: Family) -> tuple[Member, ...]:
 
 def _rows(flat: dict[str, jax.Array], family: Family) -> jax.Array:
   """`[size, k]`: each neuron's incoming weights (its producer slices) as one row."""
-  return jnp.concatenate(
-    [member_slices(flat[m.path], m, family.size) for m in _producers(family)], axis=1
-  )
+  return group_rows(flat, family, _producers(family))
 
 
 def _unslice(rows: jax.Array, shape: tuple[int, ...], m: Member, size: int) -> jax.Array:

@@ -92,10 +92,15 @@ def zero_groups(params, families: Sequence[Family]) -> list[np.ndarray]:
   return [np.asarray(~jnp.any(_rows(params, f) != 0, axis=1)) for f in families]
 
 
+def zero_group_fraction(params, families: Sequence[Family]) -> jax.Array:
+  """Jittable `|{g : x_g = 0}| / N`: the fraction of all `N` groups whose parameters are all 0."""
+  zeros = [jnp.sum(~jnp.any(_rows(params, f) != 0, axis=1)) for f in families]
+  return sum(zeros) / sum(f.size for f in families)
+
+
 def group_sparsity(params, families: Sequence[Family]) -> float:
-  """The fraction of all groups of `families` that are exactly zero."""
-  zeros = zero_groups(params, families)
-  return float(sum(z.sum() for z in zeros) / sum(z.size for z in zeros))
+  """The fraction of all groups of `families` that are exactly zero (on the host)."""
+  return float(zero_group_fraction(params, families))
 
 
 def _unit(v: jax.Array) -> jax.Array:

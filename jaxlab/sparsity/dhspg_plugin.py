@@ -31,22 +31,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jaxlab.core.optim import make_schedule
 from jaxlab.core.plugins import PLUGINS, Plugin
 from jaxlab.sparsity.dhspg import dhspg as dhspg_transform
-from jaxlab.sparsity.dhspg import zero_groups
-from jaxlab.sparsity.groups import Family, group_matrix
+from jaxlab.sparsity.dhspg import zero_group_fraction, zero_groups
+from jaxlab.sparsity.groups import Family
 from jaxlab.sparsity.plugin import crop_summary, model_families, sparse_summary
-
-
-def zero_group_fraction(params: Any, families: Sequence[Family]) -> jax.Array:
-  """Jittable `|{g : x_g = 0}| / N`: the fraction of all `N` groups whose parameters are all 0."""
-  zeros = [jnp.sum(~jnp.any(group_matrix({'params': params}, f) != 0, axis=1)) for f in families]
-  return sum(zeros) / sum(f.size for f in families)
 
 
 def kept_groups(params: Any, families: Sequence[Family]) -> dict[str, np.ndarray]:

@@ -93,11 +93,20 @@ def member_slices(x: jax.Array, m: Member, size: int) -> jax.Array:
   return jnp.moveaxis(v, axis, 0).reshape(size, -1)
 
 
-def group_matrix(variables: Variables, family: Family, *, params_only: bool = True) -> jax.Array:
-  """`[size, k]`: all entries of each group of `family` side by side (for norms, projections)."""
-  flat = flat_arrays(variables)
-  members = family.param_members if params_only else family.members
+def group_rows(flat: Mapping[str, jax.Array], family: Family, members: tuple[Member, ...]):
+  """`[size, k]`: the slices of `members` (arrays in `flat`) of each group, side by side."""
   return jnp.concatenate([member_slices(flat[m.path], m, family.size) for m in members], axis=1)
+
+
+def group_matrix(
+  variables: Variables, family: Family, *, params_only: bool = True, producers_only: bool = False
+) -> jax.Array:
+  """`[size, k]`: all entries of each group of `family` side by side (for norms, projections);
+  with `producers_only`, only the slices its layers write (a neuron's incoming weights)."""
+  members = family.param_members if params_only else family.members
+  if producers_only:
+    members = tuple(m for m in members if m.producer)
+  return group_rows(flat_arrays(variables), family, members)
 
 
 def broadcast_keep(keep: jax.Array, shape: tuple[int, ...], m: Member) -> jax.Array:

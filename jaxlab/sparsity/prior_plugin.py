@@ -60,7 +60,7 @@ import optax
 
 from jaxlab.core.plugins import PLUGINS, Plugin
 from jaxlab.sparsity.bayesian import find_turbo_state, group_lasso, keep_probabilities, turbo_vbi
-from jaxlab.sparsity.groups import Family, flat_arrays, member_slices
+from jaxlab.sparsity.groups import Family, flat_arrays, group_matrix, member_slices
 from jaxlab.sparsity.masking import find_masked_state
 from jaxlab.sparsity.plugin import model_families
 from jaxlab.sparsity.scorers import SCORERS, ScoreContext, Scorer
@@ -148,16 +148,11 @@ def regularity_summary(families: tuple[Family, ...], masks: Any) -> dict[str, fl
   }
 
 
-def _producer_rows(flat: dict[str, jax.Array], family: Family) -> jax.Array:
-  members = [m for m in family.param_members if m.producer]
-  return jnp.concatenate([member_slices(flat[m.path], m, family.size) for m in members], axis=1)
-
-
 def group_norm_total(params: Any, families: tuple[Family, ...]) -> jax.Array:
   """Σ_g ‖w_g‖₂ over every neuron's producer slices (the group lasso penalty over λ)."""
-  flat = flat_arrays({'params': params})
   return sum(
-    jnp.sum(jnp.linalg.norm(_producer_rows(flat, f).astype(jnp.float32), axis=1)) for f in families
+    jnp.sum(jnp.linalg.norm(rows.astype(jnp.float32), axis=1))
+    for rows in (group_matrix({'params': params}, f, producers_only=True) for f in families)
   )
 
 
