@@ -14,7 +14,8 @@ optimizer's `update` receives the batch and the model state as extra keyword arg
 (`batch=`, `model_state=`), for transforms that score parameters on data (pruning criteria).
 A factory that takes a `task` (or `config`) argument is given the task (or the config). A plugin may
 also log scalars computed from the train state every step, and add final metrics after
-training (e.g. the size and accuracy of a cropped model).
+training (e.g. the size and accuracy of a cropped model), and contribute sections (tables) and
+PNGs to the run's `report.md` from the final metrics.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from collections.abc import Callable
-from typing import Any
+import pathlib
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +41,17 @@ StateMetrics = Callable[[Any], dict[str, jax.Array]]  # (train state) -> scalars
 Finalize = Callable[[Any, Any, list], dict[str, float]]
 
 
+class ReportPart(NamedTuple):
+  """What a plugin adds to `report.md`: markdown sections (each starting `## ...`) and PNGs."""
+
+  sections: list[str]
+  plots: list[pathlib.Path]
+
+
+# (workdir, final metrics) -> report additions, on the host after `finalize`
+ReportHook = Callable[[pathlib.Path, Mapping[str, float]], ReportPart]
+
+
 @dataclasses.dataclass(frozen=True)
 class Plugin:
   """What a method adds to training. Both parts are optional."""
@@ -49,6 +62,7 @@ class Plugin:
   loss_term: LossTerm | None = None
   metrics: StateMetrics | None = None
   finalize: Finalize | None = None
+  report: ReportHook | None = None
 
 
 PLUGINS: Registry[Callable[..., Plugin]] = Registry('plugin')

@@ -162,8 +162,9 @@ def write_report(
   plots: Sequence[str | os.PathLike] = (),
   claim: ClaimCheck | None = None,
   notes: Sequence[str] = (),
+  sections: Sequence[str] = (),
 ) -> pathlib.Path:
-  """Writes `workdir/report.md`: claim verdict, final metrics, plots, config and notes.
+  """Writes `workdir/report.md`: claim verdict, sections, final metrics, plots, config, notes.
 
   Args:
     workdir: the run's folder.
@@ -174,12 +175,14 @@ def write_report(
       to `workdir`.
     claim: the claim check, or None when the experiment declares no claim.
     notes: free-text remarks, one bullet each.
+    sections: markdown sections (each starting with a `## ` heading, e.g. a method's table of
+      results), placed after the claim.
 
   Returns:
     The path of `report.md`.
   """
   workdir = pathlib.Path(workdir)
-  parts = [f'# {title}', _claim_section(claim), _metrics_section(final_metrics)]
+  parts = [f'# {title}', _claim_section(claim), *sections, _metrics_section(final_metrics)]
   if plots:
     links = [
       f'![{pathlib.Path(p).stem}]({pathlib.Path(os.path.relpath(p, workdir)).as_posix()})'

@@ -207,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   # ----------------------------------------------------------------------------- Report
   if main_process:
-    write_run_report(config, workdir, task, final)
+    write_run_report(config, workdir, task, final, training.plugins)
   return final
 
 
@@ -337,9 +337,14 @@ class _SignalCatcher:
 
 
 def write_run_report(
-  config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, final: dict
+  config: ml_collections.ConfigDict,
+  workdir: pathlib.Path,
+  task: Task,
+  final: dict,
+  plugins: dict[str, Plugin] | None = None,
 ) -> pathlib.Path:
-  """`final_metrics.json`, loss-curve PNGs and `report.md` for a finished run."""
+  """`final_metrics.json`, loss-curve PNGs and `report.md` (with the plugins' sections and
+  PNGs) for a finished run."""
   (workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2, sort_keys=True) + '\n')
   records = metrics_lib.read_jsonl(workdir / 'metrics.jsonl')
   plots = [
@@ -356,6 +361,12 @@ def write_run_report(
         title='bits per byte',
       )
     )
+  sections = []
+  for plugin in (plugins or {}).values():
+    if plugin.report is not None:
+      part = plugin.report(workdir, final)
+      sections += part.sections
+      plots += part.plots
   claim = report_lib.check_claim(config.report.claim, final)
   title = config.report.title or task.title
   return report_lib.write_report(
@@ -365,4 +376,5 @@ def write_run_report(
     final_metrics=final,
     plots=plots,
     claim=claim,
+    sections=sections,
   )

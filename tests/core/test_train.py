@@ -9,7 +9,7 @@ import pytest
 
 from jaxlab.core import metrics as metrics_lib
 from jaxlab.core.config import load_config
-from jaxlab.core.plugins import PLUGINS, Plugin
+from jaxlab.core.plugins import PLUGINS, Plugin, ReportPart
 from jaxlab.core.train import train_and_evaluate
 from tests.conftest import LM, load_params, tiny_config
 
@@ -80,6 +80,27 @@ def test_z_loss_plugin_adds_its_term(tmp_path):
   # At init logits are small, so log Z ~ log(vocab=259) and the term ~ coeff * log(259)^2.
   assert first['train/z_loss_loss'] == pytest.approx(1e-2 * np.log(259) ** 2, rel=0.05)
   assert first['train/loss'] > first['train/z_loss_loss']
+
+
+@PLUGINS.register('test_report_hook')
+def _report_hook_plugin() -> Plugin:
+  """Adds a final metric, then a report section built from it."""
+
+  def report(workdir, final):
+    return ReportPart([f'## Hook\n\nsteps twice: {2 * final["train/steps"]}'], [])
+
+  return Plugin(finalize=lambda task, state, batches: {'hook/value': 7.0}, report=report)
+
+
+def test_plugin_report_hook_adds_a_section(tmp_path):
+  config = tiny_config('--config.train.steps=2')
+  config.plugins.unlock()
+  config.plugins.test_report_hook = {}
+  final = train_and_evaluate(config, tmp_path)
+  assert final['hook/value'] == 7.0
+  report = (tmp_path / 'report.md').read_text()
+  assert '## Hook\n\nsteps twice: 4' in report
+  assert report.index('## Hook') < report.index('## Final metrics')
 
 
 @PLUGINS.register('test_nan_grad_in_final_norm')
