@@ -39,7 +39,7 @@ def create_train_state(
   """Initialises parameters and optimizer state directly into their shardings.
 
   Shapes and logical axis names come from `jax.eval_shape` (no FLOPs, no memory); optimizer
-  state leaves shaped like parameters get the parameter's sharding (`optax.tree_map_params`),
+  state leaves shaped like parameters get the parameter's sharding (`opt_state_shardings`),
   the rest is replicated; the jitted init then writes each shard on its own device, so no full
   copy of the model ever lives on one device.
 
@@ -55,16 +55,10 @@ def create_train_state(
   """
   abstract_boxed = jax.eval_shape(init_params)
   param_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
-  abstract_opt = jax.eval_shape(tx.init, nn.unbox(abstract_boxed))
+  abstract_params = nn.unbox(abstract_boxed)
   replicated = sharding.replicated(mesh)
-  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  (partitions' holes)
-  opt_shardings = optax.tree_map_params(
-    tx,
-    lambda v, s: v if masked(v) else s,
-    abstract_opt,
-    param_shardings,
-    transform_non_params=lambda _: replicated,
-    is_leaf=masked,
+  opt_shardings = opt_state_shardings(
+    jax.eval_shape(tx.init, abstract_params), abstract_params, param_shardings, replicated
   )
   model_state_shardings = jax.tree.map(lambda _: replicated, jax.eval_shape(init_model_state))
   shardings = TrainState(
@@ -86,3 +80,35 @@ def create_train_state(
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = jax.jit(init, out_shardings=shardings)()
   return state, shardings
+
+
+def opt_state_shardings(
+  abstract_opt: Any, abstract_params: Any, param_shardings: Any, replicated: Any
+) -> Any:
+  """Shardings for an optimizer state: parameter-shaped subtrees follow the parameters.
+
+  Every subtree of the (abstract) optimizer state with the parameters' tree structure — Adam's
+  moments, a pruning mask, one partition of `optax.multi_transform` (whose holes are
+  `optax.MaskedNode`s) — gets the parameters' shardings leaf by leaf where the shapes agree;
+  everything else (counts, scalars, differently shaped statistics) is replicated. It reads
+  only the abstract state of `tx.init(params)`, so a transform whose `init` needs the real
+  parameter shapes works (`optax.tree_map_params` calls `init` on a leafless placeholder).
+  """
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  (partitions' holes)
+  params_def = jax.tree.structure(abstract_params)
+
+  def visit(node):
+    if jax.tree.structure(node, is_leaf=masked) == params_def:
+      return jax.tree.map(
+        lambda v, p, s: v if masked(v) else (s if v.shape == p.shape else replicated),
+        node,
+        abstract_params,
+        param_shardings,
+        is_leaf=masked,
+      )
+    children, treedef = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
+    if jax.tree_util.treedef_is_leaf(treedef):
+      return node if masked(node) else replicated
+    return jax.tree_util.tree_unflatten(treedef, [visit(c) for c in children])
+
+  return visit(abstract_opt)

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,30 +158,6 @@ def group_norm_total(params: Any, families: tuple[Family, ...]) -> jax.Array:
 # ------------------------------------------------------------------------------ the plugin
 
 
-def abstract_params(task: Any) -> Any:
-  """The task's parameters as `jax.ShapeDtypeStruct`s (no FLOPs, no memory)."""
-  return jax.eval_shape(lambda: nn.unbox(task.init_params(jax.random.key(0))))
-
-
-def placeholder_safe(
-  tx: optax.GradientTransformationExtraArgs, params_shape: Any
-) -> optax.GradientTransformationExtraArgs:
-  """`tx` whose `init` also accepts a tree without leaves.
-
-  `optax.tree_map_params` (the train state's sharding) calls `init` on a placeholder that has
-  no leaves; `turbo_vbi`'s init reads the parameters' shapes, so on the placeholder it returns
-  the abstract state of `params_shape` instead (none of its leaves is shaped like the
-  parameters, so all of them are replicated).
-  """
-
-  def init_fn(params):
-    if not jax.tree.leaves(params):
-      return jax.eval_shape(tx.init, params_shape)
-    return tx.init(params)
-
-  return optax.GradientTransformationExtraArgs(init_fn, tx.update)
-
-
 class DelayedState(NamedTuple):
   count: jax.Array  # int32: updates done
   inner_state: optax.OptState
@@ -283,7 +258,6 @@ def structured_prior(
       vbi_iterations=vbi_iterations,
       bp_sweeps=bp_sweeps,
     )
-    prior = placeholder_safe(prior, abstract_params(task))
   if prior is not None and start > 0:
     prior = delayed(prior, start)
 
