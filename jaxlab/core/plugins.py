@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import re
 import pathlib
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
