@@ -9,9 +9,13 @@ returns a list of boolean `[size]` keep vectors. Counts are exact: ties are brok
 - `uniform`: the same fraction removed in every family.
 - `ratio`: a given density per family (PreCropping's layerwise ratios, Sec. 4), ignoring the
   target sparsity.
+- `per_output`: the same fraction removed among the inputs of every output unit of each kernel
+  (Wanda's comparison group, Sun et al., 2024, Sec. 3); unstructured families only.
 - `nm`: N:M semi-structured sparsity, keeping the `n` best of every `m` consecutive entries
-  along a kernel's inputs (Mishra et al., 2021; a conv kernel as its `[H*W*in, out]` matrix);
-  unstructured families only.
+  along a kernel's inputs (Mishra et al., 2021); unstructured families only.
+
+Kernels are seen as `[in, out]` matrices (`jaxlab.nn.kernels.as_matrix`: a conv kernel as
+`[H*W*in, out]`, the attention's `[embed, heads, kv]` query as `[embed, heads*kv]`).
 
 `min_keep` groups of every family survive any allocation (no layer collapse: a removed layer
 would disconnect the network).
@@ -26,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab.core.registry import Registry
+from jaxlab.nn.kernels import as_matrix
 from jaxlab.sparsity.groups import Family
 
 Allocator = Callable[..., list[jax.Array]]
@@ -107,6 +112,49 @@ def nm_keep(scores: jax.Array, n: int, m: int, axis: int = -2) -> jax.Array:
   return jnp.moveaxis(keep, -1, axis)
 
 
+def _kernel_matrices(
+  scores: Sequence[jax.Array],
+  families: Sequence[Family],
+  shapes: Mapping[str, tuple[int, ...]],
+  allocator: str,
+) -> list[tuple[jax.Array, Family]]:
+  """Each unstructured family's scores as the `[in, out]` matrix of its kernel."""
+  out = []
+  for s, f in zip(scores, families, strict=True):
+    (member,) = f.members
+    if member.axis is not None:
+      raise ValueError(
+        f'{allocator} allocation needs unstructured families; {f.name} is structured'
+      )
+    shape = shapes[member.path]
+    if len(shape) < 2:
+      matrix = s.reshape(-1, 1)
+    else:
+      matrix, _ = as_matrix(member.path.removeprefix('params/'), s.reshape(shape))
+    out.append((matrix, f))
+  return out
+
+
+@ALLOCATORS.register('per_output')
+def per_output(
+  scores: Sequence[jax.Array],
+  sparsity: jax.Array,
+  *,
+  families: Sequence[Family],
+  shapes: Mapping[str, tuple[int, ...]],
+  **_,
+) -> list[jax.Array]:
+  """Removes `round(sparsity * in)` of the lowest-scoring inputs of every output column."""
+  out = []
+  for matrix, _ in _kernel_matrices(scores, families, shapes, 'per_output'):
+    k = jnp.round(sparsity * matrix.shape[0]).astype(jnp.int32)
+    keep = jax.vmap(_keep_all_but_lowest, in_axes=(1, None), out_axes=1)(
+      matrix.astype(jnp.float32), k
+    )
+    out.append(keep.reshape(-1))
+  return out
+
+
 @ALLOCATORS.register('nm')
 def nm(
   scores: Sequence[jax.Array],
@@ -118,16 +166,10 @@ def nm(
   m: int = 4,
   **_,
 ) -> list[jax.Array]:
-  """N:M along each kernel's inputs (all axes but the last); the sparsity is `1 - n/m`."""
+  """N:M along each kernel's inputs; the sparsity is `1 - n/m`."""
   del sparsity
   out = []
-  for s, f in zip(scores, families, strict=True):
-    (member,) = f.members
-    if member.axis is not None:
-      raise ValueError(f'N:M allocation needs unstructured families; {f.name} is structured')
-    shape = shapes[member.path]
-    # A conv kernel [H, W, in, out] is a [H*W*in, out] matrix; blocks run down its columns.
-    matrix = s.reshape(-1, shape[-1]) if len(shape) > 1 else s.reshape(-1, 1)
+  for matrix, f in _kernel_matrices(scores, families, shapes, 'N:M'):
     if matrix.shape[0] % m:
       raise ValueError(
         f'N:M sparsity: {f.name} has {matrix.shape[0]} inputs per output, not a multiple of '

@@ -20,6 +20,10 @@ The built-in criteria (`SCORERS`):
   running statistics it was initialised with (mean 0, variance 1), so the score is data-free.
   The paper prunes iteratively at initialisation (100 rounds, Alg. 1): `Pruner(rounds=100)`.
 - `taylor`: first-order Taylor expansion of the loss change `(g ⊙ w)^2` (Molchanov et al.).
+- `wanda`: `|w_ij|·‖X_i‖₂`, the weight's magnitude times the norm of its input feature over
+  calibration tokens (Sun et al., 2024, Eq. 1), from `ctx.extras['input_norms']`
+  (`{kernel path: [in]}`, the kernel seen as an `[in, out]` matrix); pair it with the
+  `per_output` allocator (Wanda compares the weights of each output) or `nm`.
 - `movement`: movement pruning's score `S = −Σ_t g_t ⊙ w_t` summed over the training steps so
   far (Sanh et al., 2020, Sec. 3, first-order movement): weights moving away from zero are
   kept. The sum lives in the mask wrapper's state (`MaskedState.accumulated`).
@@ -34,7 +38,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxlab.core.plugins import path_name
 from jaxlab.core.registry import Registry
+from jaxlab.nn.kernels import as_matrix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +125,20 @@ def synflow_score(ctx: ScoreContext) -> Any:
   return jax.tree.map(lambda g, w: jnp.abs(g * w), grads, abs_params)
 
 
+def wanda_score(ctx: ScoreContext) -> Any:
+  """`|W| ⊙ ‖X‖` on kernels with input norms; `|w|` elsewhere (no calibration data)."""
+  norms = ctx.extras['input_norms']
+
+  def score(path, w):
+    name = path_name(path)
+    if name not in norms:
+      return jnp.abs(w)
+    matrix, restore = as_matrix(name, w)
+    return restore(jnp.abs(matrix) * norms[name][:, None])
+
+  return jax.tree_util.tree_map_with_path(score, ctx.params)
+
+
 def movement_step(grads: Any, params: Any) -> Any:
   return jax.tree.map(lambda g, w: -(g * w).astype(jnp.float32), grads, params)
 
@@ -133,4 +153,5 @@ SNIP = _register(Scorer('snip', snip_score))
 GRASP = _register(Scorer('grasp', grasp_score))
 SYNFLOW = _register(Scorer('synflow', synflow_score))
 TAYLOR = _register(Scorer('taylor', taylor_terms, reduce='square_of_sum', signed=True))
+WANDA = _register(Scorer('wanda', wanda_score))
 MOVEMENT = _register(Scorer('movement', movement_score, accumulate=movement_step))

@@ -19,11 +19,39 @@ import ml_collections
 import optax
 
 from jaxlab.core import data
+from jaxlab.core.config import base_config
 from jaxlab.core.errors import ConfigError
 from jaxlab.core.task import TASKS, Batch, DataIterator
-from jaxlab.nn import build_model
+from jaxlab.nn import build_model, transformer_config
 
 SOURCES = ('embedded', 'text', 'tokens', 'synthetic')
+
+LM_SCALES = {
+  # name: (width, depth, heads, mlp_dim, seq_len, batch, steps, lr, warmup, dtype)
+  'tiny': (128, 2, 4, 512, 128, 16, 300, 3e-3, 30, 'float32'),  # ~1 CPU-minute, 0.44 M params
+  'small': (384, 6, 6, 1536, 256, 32, 2000, 1e-3, 200, 'float32'),  # ~10.8 M params
+  'gpu': (768, 18, 12, 3072, 1024, 64, 5000, 6e-4, 500, 'bfloat16'),  # ~128 M params, one GPU
+}
+
+
+def lm_config(scale: str = 'tiny') -> ml_collections.ConfigDict:
+  """The baseline byte-level transformer LM on the embedded corpus at a named scale
+  (`LM_SCALES`): the config every LM experiment starts from (`experiments/lm.py` adds its claim)."""
+  if scale not in LM_SCALES:
+    raise ConfigError(f'lm scale: expected one of {sorted(LM_SCALES)}, got {scale!r}')
+  width, depth, heads, mlp, seq_len, batch, steps, lr, warmup, dtype = LM_SCALES[scale]
+  c = base_config()
+  c.model = transformer_config(
+    width=width, depth=depth, heads=heads, mlp_dim=mlp, max_len=seq_len, dtype=dtype
+  )
+  c.data.seq_len = seq_len
+  c.data.batch_size = batch
+  c.optim.lr = lr
+  c.optim.warmup_steps = warmup
+  c.train.steps = steps
+  c.train.eval_every = max(steps // 5, 1)
+  c.checkpoint.every = max(steps // 4, 1)
+  return c
 
 
 def sown_scalars(intermediates: Any) -> dict[str, jax.Array]:

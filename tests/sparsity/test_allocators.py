@@ -168,3 +168,21 @@ def test_ties_are_broken_by_position():
   # Deterministic: the same answer every time.
   again = _allocate('global', scores, 0.5, min_keep=1)
   np.testing.assert_array_equal(np.concatenate(again), want)
+
+
+@pytest.mark.parametrize('sparsity', [0.25, 0.5, 0.75])
+def test_per_output_removes_the_same_count_from_every_output(sparsity):
+  rng = np.random.default_rng(7)
+  params = {
+    'dense': {'kernel': np.zeros((8, 3), np.float32)},
+    'query': {'kernel': np.zeros((8, 2, 2), np.float32)},  # [embed, heads, kv]: 8 inputs
+  }
+  families = unstructured_families(params)
+  shapes = {f'params/{k}/kernel': v['kernel'].shape for k, v in params.items()}
+  scores = [rng.normal(size=f.size).astype(np.float32) for f in families]
+  keeps = _allocate('per_output', scores, sparsity, families=families, shapes=shapes)
+  for keep, s in zip(keeps, scores, strict=True):
+    keep, s = keep.reshape(8, -1), s.reshape(8, -1)  # both kernels are [8 inputs, outputs]
+    assert np.all(keep.sum(axis=0) == 8 - round(sparsity * 8))
+    for j in range(keep.shape[1]):  # the lowest-scoring inputs of each output went
+      assert s[keep[:, j], j].min() > s[~keep[:, j], j].max()

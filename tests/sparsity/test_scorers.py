@@ -197,3 +197,29 @@ def test_random_scores_are_uniform_and_depend_on_the_key():
     assert not np.array_equal(v, other[k]), k
   # Arrays get different streams (not one sequence repeated per leaf).
   assert not np.array_equal(a['params/dense0/bias'][:30], a['params/dense1/bias'][:30])
+
+
+def test_wanda_is_weight_magnitude_times_input_norm():
+  """Wanda on a Dense kernel and on an attention query `[embed, heads, kv]`: `|W_ij|·‖X_i‖`
+  with the norms of the `in` rows of the kernel's matrix view; other leaves get `|w|`."""
+  rng = np.random.default_rng(3)
+  dense = jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)
+  query = jnp.asarray(rng.normal(size=(6, 2, 3)), jnp.float32)
+  scale = jnp.asarray(rng.normal(size=(6,)), jnp.float32)
+  params = {'d': {'kernel': dense}, 'q': {'query': {'kernel': query}}, 'n': {'scale': scale}}
+  x = jnp.asarray(rng.normal(size=(50, 6)), jnp.float32)
+  norms = jnp.sqrt(jnp.sum(x**2, axis=0))
+  ctx = ScoreContext(
+    params,
+    None,
+    None,
+    (),
+    jax.random.key(0),
+    extras={'input_norms': {'d/kernel': norms, 'q/query/kernel': norms}},
+  )
+  s = SCORERS.get('wanda').score(ctx)
+  for i in range(6):
+    for j in range(4):
+      assert s['d']['kernel'][i, j] == pytest.approx(abs(float(dense[i, j])) * float(norms[i]))
+  np.testing.assert_allclose(s['q']['query']['kernel'], jnp.abs(query) * norms[:, None, None])
+  np.testing.assert_array_equal(s['n']['scale'], jnp.abs(scale))
