@@ -12,7 +12,10 @@ the best. All 4,500 starts run at once (`jax.vmap` over `optax.lbfgs`) in float6
 Derived quantities: the compute-optimal allocation for `C ≈ 6ND` (Eq. 4: `N*(C) = G (C/6)^a`,
 `D*(C) = G⁻¹ (C/6)^b`, `G = (αA / βB)^{1/(α+β)}`, `a = β/(α+β)`, `b = α/(α+β)`) and bootstrap
 confidence intervals (points resampled with replacement, each refit warm-started from the best
-fit and from the grid's best few starts).
+fit and from the grid's best few starts). Also approach 2's IsoFLOP optima (`isoflop_optima`)
+and the asymptote fit `L(x) = A/x^B + C` of "Pre-training under infinite compute"
+(`fit_asymptote`). `journey`'s average-parameter law is `fit_chinchilla` with `N` replaced by the
+average non-zero parameter count over training (`jaxlab.sparsity.masking`'s exact `N̄`).
 """
 
 from __future__ import annotations
@@ -170,3 +173,61 @@ def compute_optimal(fit: dict[str, Any], C: Any) -> tuple[np.ndarray, np.ndarray
   G = (alpha * fit['A'] / (beta * fit['B'])) ** (1.0 / (alpha + beta))
   C = np.asarray(C, np.float64)
   return G * (C / 6.0) ** (beta / (alpha + beta)), (C / 6.0) ** (alpha / (alpha + beta)) / G
+
+
+def isoflop_optima(N: Any, D: Any, loss: Any, budgets: Any) -> dict[str, np.ndarray]:
+  """Approach 2 (Hoffmann et al., Sec. 3.2): per compute budget, the loss-minimising size.
+
+  The runs of one budget (`budgets[i]`, the run's compute label; runs of one budget share it)
+  get a parabola in `log N`; its vertex is `N_opt(C)`, with `D_opt = C / (6 N_opt)`. Then
+  `N_opt ∝ C^a` and `D_opt ∝ C^b` are fitted by least squares in log-log.
+
+  Returns:
+    `'C'`, `'N_opt'`, `'D_opt'` (per budget, sorted) and the exponents `'a'`, `'b'`.
+  """
+  n, d, obs = _check(N, D, loss)
+  budgets = np.asarray(budgets, np.float64).reshape(-1)
+  if budgets.size != n.size:
+    raise ValueError(f'budgets: expected one per run ({n.size}), got {budgets.size}')
+  cs, n_opt = [], []
+  for c in np.unique(budgets):
+    pick = budgets == c
+    if pick.sum() < 3:
+      raise ValueError(f'budgets: expected at least 3 runs per budget, got {pick.sum()} at {c:g}')
+    curv, slope, _ = np.polyfit(np.log(n[pick]), obs[pick], 2)
+    if curv <= 0:
+      raise ValueError(f'budget {c:g}: the loss is not convex in log N; no IsoFLOP minimum')
+    cs.append(c)
+    n_opt.append(np.exp(-slope / (2 * curv)))
+  cs, n_opt = np.array(cs), np.array(n_opt)
+  d_opt = cs / (6 * n_opt)
+  return {
+    'C': cs,
+    'N_opt': n_opt,
+    'D_opt': d_opt,
+    'a': float(np.polyfit(np.log(cs), np.log(n_opt), 1)[0]),
+    'b': float(np.polyfit(np.log(cs), np.log(d_opt), 1)[0]),
+  }
+
+
+def fit_asymptote(x: Any, loss: Any, *, grid: int = 4000) -> dict[str, float]:
+  """`L(x) = A / x^B + C` (Pre-training under infinite compute: loss against parameters or
+  ensemble members, `C` the asymptote as `x → ∞`).
+
+  For each `C` on a grid of `[0, min L)` the rest is linear in log space
+  (`log(L − C) = log A − B log x`); the `C` with the least squared error in `L` wins.
+  """
+  x = np.asarray(x, np.float64).reshape(-1)
+  obs = np.asarray(loss, np.float64).reshape(-1)
+  if x.size != obs.size or x.size < 3:
+    raise ValueError(f'x, loss: expected equal lengths of at least 3, got {x.size}, {obs.size}')
+  if not (np.all(np.isfinite(x)) and np.all(np.isfinite(obs)) and np.all(x > 0)):
+    raise ValueError('x, loss: expected finite values and positive x')
+  best = None
+  for c in np.linspace(0.0, obs.min(), grid, endpoint=False):
+    slope, intercept = np.polyfit(np.log(x), np.log(obs - c), 1)
+    err = np.sum((np.exp(intercept) * x**slope + c - obs) ** 2)
+    if best is None or err < best[0]:
+      best = (err, float(np.exp(intercept)), float(-slope), float(c))
+  _, A, B, C = best
+  return {'A': A, 'B': B, 'C': C}

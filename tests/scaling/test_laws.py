@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxlab.scaling import compute_optimal, fit_chinchilla, predict
-from jaxlab.scaling.laws import INIT_GRID
+from jaxlab.scaling.laws import INIT_GRID, fit_asymptote, isoflop_optima
 
 TRUE = {'E': 1.69, 'A': 406.4, 'B': 410.7, 'alpha': 0.34, 'beta': 0.28}  # Hoffmann et al.'s fit
 # Two disjoint subsets of the paper's 4,500 starts (122 each) keep the test fast.
@@ -71,3 +71,33 @@ def test_bootstrap_intervals_cover_the_fit(data):
     # A percentile interval need not contain the estimate, but is centred near it.
     assert 0 < high - low < 0.1
     assert abs((low + high) / 2 - fit[k]) < high - low
+
+
+def test_isoflop_optima_follow_the_closed_form():
+  """Runs on IsoFLOP lines of the true law: the parabola vertices track `N*(C)` and the fitted
+  exponents approach Hoffmann's `a = β/(α+β)`, `b = α/(α+β)`."""
+  budgets, n, d = [], [], []
+  for c in (1e18, 1e19, 1e20, 1e21):
+    n_star, _ = compute_optimal(TRUE, c)
+    for k in np.exp(np.linspace(-1.5, 1.5, 9)):
+      budgets.append(c)
+      n.append(n_star * k)
+      d.append(c / (6 * n_star * k))
+  loss, _ = predict(TRUE, np.array(n), np.array(d))
+  out = isoflop_optima(n, d, loss, budgets)
+  want_n, _ = compute_optimal(TRUE, out['C'])
+  np.testing.assert_allclose(out['N_opt'], want_n, rtol=0.1)  # a parabola near the vertex
+  alpha, beta = TRUE['alpha'], TRUE['beta']
+  assert out['a'] == pytest.approx(beta / (alpha + beta), abs=0.02)
+  assert out['b'] == pytest.approx(alpha / (alpha + beta), abs=0.02)
+
+
+def test_asymptote_fit_recovers_the_power_law():
+  x = np.array([1, 2, 4, 8, 16, 32], np.float64)
+  loss = 0.8 / x**0.6 + 2.5
+  fit = fit_asymptote(x, loss * (1 + 1e-4 * np.sin(np.arange(6))))
+  assert fit['C'] == pytest.approx(2.5, abs=0.01)
+  assert fit['B'] == pytest.approx(0.6, abs=0.03)
+  assert fit['A'] == pytest.approx(0.8, abs=0.03)
+  with pytest.raises(ValueError, match='at least 3'):
+    fit_asymptote([1, 2], [3, 2])
