@@ -1,6 +1,17 @@
 """Layers and models. Importing this package registers every built-in component."""
 
-from jaxlab.nn import activations, normalization, transformer
+from jaxlab.nn import (
+  activations,
+  certifiable,
+  diagnostics,
+  kernels,
+  lipschitz_layers,
+  min_attention,
+  normalization,
+  pangu,
+  polycom,
+  transformer,
+)
 from jaxlab.nn.activations import ACTIVATIONS
 from jaxlab.nn.models import MODELS, build_model
 from jaxlab.nn.normalization import NORMS
@@ -9,6 +20,7 @@ from jaxlab.nn.transformer import (
   BLOCKS,
   FFNS,
   MIXERS,
+  AttentionInputs,
   TransformerConfig,
   TransformerLM,
   transformer_config,
@@ -16,20 +28,28 @@ from jaxlab.nn.transformer import (
 
 __all__ = [
   'ACTIVATIONS',
+  'AttentionInputs',
   'BLOCKS',
   'FFNS',
   'MIXERS',
+  'MODELS',
+  'NORMS',
   'NewtonConfig',
   'ParaGRU',
   'ParaLSTM',
-  'newton_scan',
-  'MODELS',
-  'NORMS',
   'TransformerConfig',
   'TransformerLM',
   'activations',
   'build_model',
+  'certifiable',
+  'diagnostics',
+  'kernels',
+  'lipschitz_layers',
+  'min_attention',
+  'newton_scan',
   'normalization',
+  'pangu',
+  'polycom',
   'transformer',
   'transformer_config',
 ]

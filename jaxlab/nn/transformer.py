@@ -12,6 +12,10 @@ piece, never a forked model:
 
 Parameters carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`) that
 `jaxlab.core.sharding` maps onto the device mesh; activations carry `batch`, `length`.
+
+Inference (`jaxlab.inference`) passes an `AttentionInputs` through the blocks: explicit position
+ids, segment ids (a block-diagonal causal mask for packed prompts) and a KV cache kept in the
+`'cache'` variable collection. Without it the model computes exactly what it always did.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import functools
 
 import chex
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -48,6 +53,7 @@ class TransformerConfig:
   width: int = 256
   depth: int = 4
   heads: int = 4
+  head_width: int = 0  # per-head q/k/v width; 0: width // heads (set by head pruning's crop)
   mlp_dim: int = 1024
   max_len: int = 256
   block: str = 'prenorm'
@@ -68,6 +74,8 @@ class TransformerConfig:
   rnn_iterations: int = 3  # recurrent mixers: Newton iterations (ParaRNN uses 3)
   rnn_heads: int = 1  # recurrent mixers: input-projection heads (1: 4·width² params = attention)
   rnn_fallback_tol: float = 0.0  # > 0: a batch whose Newton residual exceeds it runs lax.scan
+  aug_shortcuts: int = 1  # block 'augmented': parallel shortcut branches (PanGu-π)
+  aug_rank: int = 8  # block 'augmented': bottleneck width of each branch
 
   def __post_init__(self):
     def bad(field, expected, got):
@@ -76,9 +84,15 @@ class TransformerConfig:
     for f in ('vocab_size', 'width', 'depth', 'heads', 'mlp_dim', 'max_len', 'vocab_multiple'):
       if getattr(self, f) <= 0:
         bad(f, 'a positive integer', getattr(self, f))
-    if self.width % self.heads:
+    if self.aug_shortcuts < 0:
+      bad('aug_shortcuts', 'a non-negative integer', self.aug_shortcuts)
+    if self.aug_rank <= 0:
+      bad('aug_rank', 'a positive integer', self.aug_rank)
+    if self.head_width < 0:
+      bad('head_width', 'a non-negative integer (0: width // heads)', self.head_width)
+    if not self.head_width and self.width % self.heads:
       bad('width', f'a multiple of model.heads={self.heads}', self.width)
-    if (self.width // self.heads) % 2:
+    if self.head_dim % 2:
       bad('heads', f'head_dim = width/heads even for RoPE (width={self.width})', self.heads)
     if not 0.0 <= self.dropout < 1.0:
       bad('dropout', 'a value in [0, 1)', self.dropout)
@@ -95,7 +109,7 @@ class TransformerConfig:
 
   @property
   def head_dim(self) -> int:
-    return self.width // self.heads
+    return self.head_width or self.width // self.heads
 
   @property
   def padded_vocab_size(self) -> int:
@@ -132,6 +146,41 @@ class TransformerConfig:
     return (2 * self.depth) ** -0.5
 
 
+CACHE_MODES = ('', 'write', 'decode')
+
+
+@flax.struct.dataclass
+class AttentionInputs:
+  """What inference adds to a forward pass (Prepacking, Zhao et al., 2024, arXiv:2404.09529).
+
+  Attributes:
+    positions: `[B, T]` position id of each token (RoPE); they restart at 0 for every prompt
+      packed into a row.
+    segment_ids: `[B, T]` or None. Token `t` attends to token `s <= t` only when
+      `segment_ids[b, s] == segment_ids[b, t]` (a block-diagonal causal mask); None is the plain
+      causal mask.
+    cache: `''` keeps no cache; `'write'` stores this call's (rotated) keys and values, `[B, T,
+      heads, head_dim]`, in the `'cache'` collection (prefill); `'decode'` reads a `'cache'`
+      whose slot `j` holds position `j` of each sequence, writes this call's keys and values at
+      their positions and lets a query at position `p` attend to the slots `j <= p`.
+  """
+
+  positions: jax.Array
+  segment_ids: jax.Array | None = None
+  cache: str = flax.struct.field(pytree_node=False, default='')
+
+  def __post_init__(self):
+    if self.cache not in CACHE_MODES:
+      raise ValueError(f'AttentionInputs.cache: expected one of {CACHE_MODES}, got {self.cache!r}')
+    if self.cache == 'decode' and self.segment_ids is not None:
+      raise ValueError('AttentionInputs: expected segment_ids=None with cache="decode"')
+
+
+def _write_at(cache: jax.Array, positions: jax.Array, update: jax.Array) -> jax.Array:
+  """`cache[b, positions[b, t]] = update[b, t]`: `[B, S, ...]`, `[B, T]`, `[B, T, ...]`."""
+  return jax.vmap(lambda c, p, u: c.at[p].set(u.astype(c.dtype)))(cache, positions, update)
+
+
 class Projection(nn.Module):
   """`einsum(spec, x, kernel)` with a kernel of `shape` whose dimensions are named `axes`.
 
@@ -161,7 +210,14 @@ class CausalSelfAttention(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, *, deterministic: bool) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    positions: jax.Array,
+    *,
+    deterministic: bool,
+    attn: AttentionInputs | None = None,
+  ) -> jax.Array:
     cfg = self.cfg
     shape, axes = (cfg.width, cfg.heads, cfg.head_dim), ('embed', 'heads', 'kv')
     q, k, v = (
@@ -170,9 +226,12 @@ class CausalSelfAttention(nn.Module):
     q = apply_rope(q, positions, cfg.rope_base)
     k = apply_rope(k, positions, cfg.rope_base)
     q, k, v = (nn.with_logical_constraint(t, ('batch', 'length', 'heads', 'kv')) for t in (q, k, v))
-    out = jax.nn.dot_product_attention(
-      q, k, v, is_causal=True, implementation=cfg.attention_impl or None
-    )
+    if attn is None:
+      out = jax.nn.dot_product_attention(
+        q, k, v, is_causal=True, implementation=cfg.attention_impl or None
+      )
+    else:
+      out = self._attend_with(attn, q, k, v)
     return Projection(
       'btnh,nhd->btd',
       (cfg.heads, cfg.head_dim, cfg.width),
@@ -181,6 +240,29 @@ class CausalSelfAttention(nn.Module):
       scale=cfg.residual_scale,
       name='out',
     )(out)
+
+  def _attend_with(self, attn: AttentionInputs, q, k, v) -> jax.Array:
+    """Attention under `attn`'s mask, reading/writing the `'cache'` collection it asks for."""
+    impl = self.cfg.attention_impl or None
+    if attn.cache == 'decode':
+      if not self.has_variable('cache', 'key'):
+        raise ValueError('AttentionInputs(cache="decode"): expected a "cache" collection')
+      keys = _write_at(self.get_variable('cache', 'key'), attn.positions, k)
+      values = _write_at(self.get_variable('cache', 'value'), attn.positions, v)
+      self.put_variable('cache', 'key', keys)
+      self.put_variable('cache', 'value', values)
+      mask = jnp.arange(keys.shape[1]) <= attn.positions[..., None]  # [B, T, S]
+      q = q.astype(keys.dtype)
+      return jax.nn.dot_product_attention(q, keys, values, mask=mask[:, None], implementation=impl)
+    if attn.cache == 'write':
+      self.put_variable('cache', 'key', k)
+      self.put_variable('cache', 'value', v)
+    if attn.segment_ids is None:
+      return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+    seg = attn.segment_ids
+    t = seg.shape[1]
+    mask = (seg[:, :, None] == seg[:, None, :]) & jnp.tril(jnp.ones((t, t), bool))
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=impl)
 
 
 class RecurrentMixer(nn.Module):
@@ -195,9 +277,21 @@ class RecurrentMixer(nn.Module):
   cell: type[nn.Module]
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, *, deterministic: bool) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    positions: jax.Array,
+    *,
+    deterministic: bool,
+    attn: AttentionInputs | None = None,
+  ) -> jax.Array:
     del positions, deterministic
     cfg = self.cfg
+    if attn is not None:
+      raise ValueError(
+        f'model.mixer: packed prefill and KV-cache decoding (AttentionInputs) need an attention '
+        f'mixer, got the recurrent {self.name!r}'
+      )
     h = self.cell(
       cfg.width,
       mode=cfg.rnn_mode,
@@ -252,18 +346,38 @@ class GLU(nn.Module):
 
 @BLOCKS.register('prenorm')
 class PreNormBlock(nn.Module):
-  """Pre-norm residual block: `x += mixer(norm(x)); x += ffn(norm(x))` (GPT-2 / LLaMA layout)."""
+  """Pre-norm residual block: `x += mixer(norm(x)); x += ffn(norm(x))` (GPT-2 / LLaMA layout).
+
+  A variant that adds more shortcut branches around the mixer (PanGu-π's augmented shortcut)
+  subclasses it and overrides `mixer_shortcuts(z)`, a term added to the residual stream from
+  the mixer's normalised input `z` (none here).
+  """
 
   cfg: TransformerConfig
 
+  def mixer_shortcuts(self, z: jax.Array) -> jax.Array | None:
+    del z
+    return None
+
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    positions: jax.Array,
+    deterministic: bool,
+    attn: AttentionInputs | None = None,
+  ) -> jax.Array:
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout)
     mixer = MIXERS.get(cfg.mixer)(cfg, name=cfg.mixer)
     ffn = FFNS.get(cfg.ffn)(cfg, name='ffn')
-    h = mixer(cfg.norm_layer('mixer_norm')(x), positions, deterministic=deterministic)
+    extra = {} if attn is None else {'attn': attn}  # mixers registered elsewhere may not take it
+    z = cfg.norm_layer('mixer_norm')(x)
+    h = mixer(z, positions, deterministic=deterministic, **extra)
     x = x + drop(h, deterministic=deterministic)
+    shortcuts = self.mixer_shortcuts(z)
+    if shortcuts is not None:
+      x = x + shortcuts
     h = ffn(cfg.norm_layer('ffn_norm')(x), deterministic=deterministic)
     x = x + drop(h, deterministic=deterministic)
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
@@ -274,12 +388,17 @@ class TransformerLM(nn.Module):
 
   Logits of the padding entries of the vocabulary are set to a large negative number, so a
   softmax over the padded vocabulary equals one over the real one.
+
+  `attn` (inference: packed prompts, KV cache) replaces the positions `0..T-1` by
+  `attn.positions` and goes to every block; a block then gets it as the keyword `attn`.
   """
 
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
+  def __call__(
+    self, tokens: jax.Array, *, deterministic: bool = True, attn: AttentionInputs | None = None
+  ) -> jax.Array:
     chex.assert_rank(tokens, 2)
     chex.assert_type(tokens, int)
     cfg = self.cfg
@@ -291,13 +410,18 @@ class TransformerLM(nn.Module):
       embedding_init=cfg.kernel_init('vocab', 'embed'),
       name='embed',
     )
-    positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
+    if attn is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
+    else:
+      chex.assert_equal_shape([tokens, attn.positions])
+      positions = attn.positions
+    extra = {} if attn is None else {'attn': attn}
     x = nn.with_logical_constraint(embed(tokens), ('batch', 'length', 'embed'))
     block_cls = BLOCKS.get(cfg.block)
-    if cfg.remat:
+    if cfg.remat and attn is None:  # inference has no backward pass, nothing to recompute
       block_cls = nn.remat(block_cls, static_argnums=(3,))  # self, x, positions, deterministic
     for i in range(cfg.depth):
-      x = block_cls(cfg, name=f'block_{i}')(x, positions, deterministic)
+      x = block_cls(cfg, name=f'block_{i}')(x, positions, deterministic, **extra)
     x = cfg.norm_layer('final_norm')(x)
     if cfg.tie_embeddings:
       logits = embed.attend(x)

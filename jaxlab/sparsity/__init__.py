@@ -21,6 +21,7 @@ from jaxlab.sparsity.allocators import ALLOCATORS, nm_keep
 from jaxlab.sparsity.bayesian import group_lasso, keep_probabilities, turbo_vbi
 from jaxlab.sparsity.crop import check_croppable, crop, cropped_model_config
 from jaxlab.sparsity.dhspg import dhspg, group_sparsity
+from jaxlab.sparsity.factorized import rank_group_lasso, rank_pruning, svd_truncate
 from jaxlab.sparsity.flops import contraction_flops, xla_flops
 from jaxlab.sparsity.groups import (
   Family,
@@ -67,6 +68,9 @@ __all__ = [
   'masked',
   'nm_keep',
   'one_shot',
+  'rank_group_lasso',
+  'rank_pruning',
+  'svd_truncate',
   'turbo_vbi',
   'unstructured_families',
   'xla_flops',

@@ -3,7 +3,7 @@ synthetic sequence tasks."""
 
 from __future__ import annotations
 
-from jaxlab.core.data import images
+from jaxlab.core.data import images, text
 from jaxlab.core.data.arrays import (
   DATASETS,
   ArrayIterator,
@@ -29,6 +29,7 @@ __all__ = [
   'LabelledArrays',
   'array_eval_batches',
   'images',
+  'text',
   'stratified_split',
   'ByteTokenizer',
   'SyntheticIterator',
