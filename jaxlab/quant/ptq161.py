@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -52,6 +53,7 @@ from jaxlab.quant.calibration import (
 from jaxlab.quant.model import as_matrix, kernel_paths
 from jaxlab.quant.reconstruction import block_loss, reconstruct
 from jaxlab.quant.tensor import QuantizedTensor, quantize
+from jaxlab.sparsity import lowrank
 
 
 def _bits(x: jax.Array) -> int:
@@ -407,7 +409,8 @@ def restorative_lora(
   """PTQ1.61's quantization preprocessing: restorative LoRA on a first-round quantized model.
 
   The authors' pipeline (their README, `preprocessing/`): quantize once, fine-tune LoRA adapters
-  `ΔW = A·B` (rank `rank`, `B = 0` at the start) on the *dequantized* model with the ordinary
+  `ΔW = A·B` (`jaxlab.sparsity.lowrank`, rank `rank`, scale 1, `B = 0` at the start) on the
+  *dequantized* model with the ordinary
   LM loss, merge them (`W' = Ŵ + A·B`), and run PTQ1.61 again on `W'`, a weight distribution
   that the first quantization shaped to be easier to quantize channel-wise (the abstract's
   "quantization preprocessing").
@@ -418,35 +421,25 @@ def restorative_lora(
     paths: the kernels that get adapters.
     batches: training batches (an iterator; `steps` are drawn).
     rank, steps, learning_rate: the LoRA rank and its Adam fine-tuning.
-    key: initialisation of the `A` factors (`N(0, 1/in)`).
+    key: initialisation of the `A` factors (Kaiming-uniform, as LoRA's).
 
   Returns:
     The merged float parameters.
   """
-  views = {p: as_matrix(p, kernel_at(params, p)) for p in paths}
-  keys = jax.random.split(key, len(paths))
-  lora = {
-    p: {
-      'a': jax.random.normal(k, (m.shape[0], rank)) / jnp.sqrt(m.shape[0]),
-      'b': jnp.zeros((rank, m.shape[1])),
-    }
-    for k, (p, (m, _)) in zip(keys, views.items(), strict=True)
-  }
-
-  def merged(lora):
-    return with_kernels(
-      params, {p: restore(m + lora[p]['a'] @ lora[p]['b']) for p, (m, restore) in views.items()}
-    )
-
+  pattern = '|'.join(re.escape(p) for p in paths)
+  cfg = lowrank.LoraConfig(rank=rank, alpha=float(rank), pattern=pattern)  # scale α/r = 1
+  adapters = lowrank.init_adapters(key, params, cfg)
   tx = optax.adam(learning_rate)
 
   @jax.jit
-  def step(lora, opt_state, batch):
-    loss, grads = jax.value_and_grad(lambda ab: loss_fn(merged(ab), batch))(lora)
-    updates, opt_state = tx.update(grads, opt_state, lora)
-    return optax.apply_updates(lora, updates), opt_state, loss
+  def step(adapters, opt_state, batch):
+    loss, grads = jax.value_and_grad(lambda ad: loss_fn(lowrank.merge(params, ad, cfg), batch))(
+      adapters
+    )
+    updates, opt_state = tx.update(grads, opt_state, adapters)
+    return optax.apply_updates(adapters, updates), opt_state, loss
 
-  opt_state = tx.init(lora)
+  opt_state = tx.init(adapters)
   for _ in range(steps):
-    lora, opt_state, _ = step(lora, opt_state, next(batches))
-  return merged(lora)
+    adapters, opt_state, _ = step(adapters, opt_state, next(batches))
+  return lowrank.merge(params, adapters, cfg)
