@@ -90,6 +90,11 @@ def path_name(path: tuple) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
 
 
+def flat_paths(tree: Any) -> dict[str, Any]:
+  """`{'block_0/ffn/wi/kernel': leaf, ...}` for every leaf of `tree`."""
+  return {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 @PLUGINS.register('z_loss')
 def z_loss(coeff: float = 1e-4) -> Plugin:
   """Auxiliary `coeff * mean(log Z)^2` on the softmax normaliser `log Z = logsumexp(logits)`.

@@ -92,7 +92,7 @@ def opt_state_shardings(
   `optax.MaskedNode`s) — gets the parameters' shardings leaf by leaf where the shapes agree;
   everything else (counts, scalars, differently shaped statistics) is replicated. It reads
   only the abstract state of `tx.init(params)`, so a transform whose `init` needs the real
-  parameter shapes works (`optax.tree_map_params` calls `init` on a leafless placeholder).
+  parameter shapes works (`optax.tree_map_params` calls `init` on a tree with no leaves).
   """
   masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  (partitions' holes)
   params_def = jax.tree.structure(abstract_params)

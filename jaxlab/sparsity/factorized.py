@@ -49,7 +49,7 @@ import numpy as np
 import optax
 
 from jaxlab.core.errors import ConfigError
-from jaxlab.core.plugins import path_name
+from jaxlab.core.plugins import flat_paths, path_name
 from jaxlab.nn.activations import ACTIVATIONS
 from jaxlab.nn.models import MODELS, from_model_config, model_config
 
@@ -240,7 +240,7 @@ def _split(name: str) -> tuple[str, str]:
 
 def factor_pairs(tree: Any) -> Pairs:
   """Layer path -> `(u, v)` for every factorised layer in `tree` (leaves named `u` and `v`)."""
-  flat = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flat = flat_paths(tree)
   pairs = {}
   for name, x in flat.items():
     prefix, last = _split(name)

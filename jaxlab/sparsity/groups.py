@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-from jaxlab.core.plugins import path_name
+from jaxlab.core.plugins import flat_paths, path_name
 
 Variables = Mapping[str, Any]  # {'params': ..., 'batch_stats': ...}
 
@@ -70,7 +70,7 @@ class Family:
 
 def flat_arrays(variables: Variables) -> dict[str, jax.Array]:
   """`{'params/conv3/kernel': array, ...}` for every leaf of a variables dict."""
-  return {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(dict(variables))[0]}
+  return flat_paths(dict(variables))
 
 
 def unflatten_like(variables: Variables, flat: Mapping[str, Any]) -> dict:

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.core.plugins import path_name
+from jaxlab.core.plugins import flat_paths
 from jaxlab.nn.kernels import as_matrix
 from jaxlab.quant.calibration import input_rows
 from jaxlab.sparsity import lowrank
@@ -119,18 +119,10 @@ def lora_loss(
   return loss
 
 
-def merged(params: Any, adapters: lowrank.Adapters, cfg: lowrank.LoraConfig) -> Any:
-  return lowrank.merge(params, adapters, cfg)
-
-
 def _elementwise(params, adapters, cfg, criterion, grads_adapters=None, grads_params=None):
   """`{kernel path: elementwise importance in the kernel's shape}` for the adapted kernels."""
-  flat = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-  gflat = (
-    {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(grads_params)[0]}
-    if grads_params is not None
-    else {}
-  )
+  flat = flat_paths(params)
+  gflat = flat_paths(grads_params) if grads_params is not None else {}
   out = {}
   for name, ad in adapters.items():
     w, restore = as_matrix(name, flat[name])
@@ -216,7 +208,7 @@ def crop_units(
 ) -> tuple[Any, dict[str, int]]:
   """Adapters merged, pruned units cut out; returns the params and the new model fields
   (`heads`, `mlp_dim`, `head_width`), which need equal counts in every block."""
-  full = merged(params, adapters, cfg)
+  full = lowrank.merge(params, adapters, cfg)
   small = crop({'params': full}, families, {k: np.asarray(v) for k, v in keeps.items()})['params']
   heads = {int(np.sum(keeps[f.name])) for f in families if f.name.endswith('/heads')}
   mlp = {int(np.sum(keeps[f.name])) for f in families if f.name.endswith('/mlp')}

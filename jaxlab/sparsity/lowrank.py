@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxlab.core.plugins import path_name
+from jaxlab.core.plugins import flat_paths, path_name
 from jaxlab.nn.kernels import as_matrix
 
 KINDS = ('lora', 'mask', 'scale')
@@ -75,8 +75,7 @@ class LoraConfig:
 def adapted_paths(params: Any, pattern: str) -> list[str]:
   """Paths of the kernels (rank ≥ 2 leaves) whose path fully matches `pattern`."""
   regex = re.compile(pattern)
-  flat, _ = jax.tree_util.tree_flatten_with_path(params)
-  return [path_name(p) for p, x in flat if x.ndim >= 2 and regex.fullmatch(path_name(p))]
+  return [p for p, x in flat_paths(params).items() if x.ndim >= 2 and regex.fullmatch(p)]
 
 
 def init_adapters(rng: jax.Array, params: Any, cfg: LoraConfig) -> Adapters:
@@ -84,7 +83,7 @@ def init_adapters(rng: jax.Array, params: Any, cfg: LoraConfig) -> Adapters:
   paths = adapted_paths(params, cfg.pattern)
   if not paths:
     raise ValueError(f'lora.pattern: expected to match at least one kernel, got {cfg.pattern!r}')
-  flat = _flat(params)
+  flat = flat_paths(params)
   adapters = {}
   for path, key in zip(paths, jax.random.split(rng, len(paths)), strict=True):
     w, _ = as_matrix(path, flat[path])
@@ -100,14 +99,9 @@ def init_adapters(rng: jax.Array, params: Any, cfg: LoraConfig) -> Adapters:
   return adapters
 
 
-def _flat(params: Any) -> dict[str, jax.Array]:
-  flat, _ = jax.tree_util.tree_flatten_with_path(params)
-  return {path_name(p): x for p, x in flat}
-
-
 def _map_adapted(params: Any, adapters: Mapping[str, Any], fn) -> Any:
   """`fn(path, kernel as [in, out], adapter) -> [in, out]` on each adapted kernel."""
-  missing = set(adapters) - set(_flat(params))
+  missing = set(adapters) - set(flat_paths(params))
   if missing:
     raise ValueError(f'adapters: no parameter at {sorted(missing)}')
 
@@ -150,7 +144,7 @@ def unmerge(merged_params: Any, adapters: Adapters, cfg: LoraConfig, masks: Any 
   """
   if cfg.kind == 'mask' and masks is None:
     raise ValueError("unmerge: kind 'mask' needs the pruning masks (masks=...)")
-  flat_masks = _flat(masks) if masks is not None else {}
+  flat_masks = flat_paths(masks) if masks is not None else {}
 
   def unmerged(path, w, adapter):
     d = delta(adapter, cfg)

@@ -15,6 +15,7 @@ import optax
 import pytest
 from scipy.stats import spearmanr
 
+from jaxlab.core.plugins import flat_paths
 from jaxlab.core.task import build_task
 from jaxlab.nn.kernels import as_matrix
 from jaxlab.sparsity import lora_prune, lowrank
@@ -107,7 +108,7 @@ def _kernel_shaped_values(jaxpr, kernel_shapes) -> int:
 
 
 def _kernel_shapes(params, adapters) -> set:
-  flat = {'/'.join(k.key for k in p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  flat = flat_paths(params)
   shapes = set()
   for name in adapters:
     shapes.add(tuple(flat[name].shape))

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlab.core.plugins import path_name
+from jaxlab.core.plugins import flat_paths
 from jaxlab.core.task import build_task
 from jaxlab.nn.kernels import as_matrix
 from jaxlab.sparsity import lowrank, retrain
@@ -26,7 +26,7 @@ def setup():
 
 
 def _flat(tree) -> dict:
-  return {path_name(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {k: np.asarray(x) for k, x in flat_paths(tree).items()}
 
 
 def test_norms_regime_changes_only_norm_scales(setup):
