@@ -1,7 +1,8 @@
 """The `jaxlab` command line.
 
   jaxlab run CONFIG[:ARG] --workdir DIR [--config.field=value ...]
-  jaxlab sweep CONFIG[:ARG] --grid field=v1,v2 [--grid ...] --workdir DIR [--config.field=value ...]
+  jaxlab sweep CONFIG[:ARG] [--grid field=v1,v2 ...] [--point 'f=v f=v' ...] --workdir DIR \
+      [--config.field=value ...]
   jaxlab list [--experiments DIR]
 
 User mistakes (a bad config, a missing file) print one message and exit with status 2; a
@@ -55,9 +56,12 @@ def _parser() -> argparse.ArgumentParser:
   run = sub.add_parser('run', help='train/evaluate one config and write a report')
   run.add_argument('config', help='experiments/<id>.py[:arg]')
   run.add_argument('--workdir', required=True)
-  sweep = sub.add_parser('sweep', help='run a grid of configs, one sub-workdir each')
+  sweep = sub.add_parser('sweep', help='run a grid/list of configs, one sub-workdir each')
   sweep.add_argument('config')
-  sweep.add_argument('--grid', action='append', required=True, help='field=v1,v2,...')
+  sweep.add_argument('--grid', action='append', default=[], help='field=v1,v2,...')
+  sweep.add_argument(
+    '--point', action='append', default=[], help="'field=v field=v ...' (one listed point)"
+  )
   sweep.add_argument('--workdir', required=True)
   ls = sub.add_parser('list', help='list experiments with their paper id and title')
   ls.add_argument('--experiments', default='experiments')
@@ -96,19 +100,26 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
   from jaxlab.core import sharding
 
   sharding.maybe_initialize_distributed()
-  if args.command == 'run':
-    from jaxlab.core.config import load_config
+  from jaxlab.core.config import load_config
+  from jaxlab.core.sweep import is_sweep, run_sweep
+
+  config = load_config(args.config, overrides)
+  if args.command == 'run' and not is_sweep(config):
     from jaxlab.core.train import train_and_evaluate
 
-    final = train_and_evaluate(load_config(args.config, overrides), args.workdir)
+    final = train_and_evaluate(config, args.workdir)
     print(f'done: {args.workdir}/report.md')
     for key in sorted(k for k in final if k.startswith('eval/')):
       print(f'  {key} = {final[key]:.4f}')
     return 0
-  from jaxlab.core.sweep import run_sweep
-
-  rows = run_sweep(args.config, args.grid, args.workdir, overrides)
-  print(f'done: {len(rows)} points, results in {args.workdir}/results.csv')
+  grid, points = (args.grid, args.point) if args.command == 'sweep' else ((), ())
+  if not (grid or points or is_sweep(config)):
+    raise UserError('sweep: expected --grid or --point, or a config with sweep.grid/points')
+  rows = run_sweep(args.config, grid, args.workdir, overrides, point_specs=points)
+  print(
+    f'done: {len(rows)} points, results in {args.workdir}/results.csv, report in '
+    f'{args.workdir}/report.md'
+  )
   return 0
 
 

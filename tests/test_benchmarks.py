@@ -86,3 +86,28 @@ def test_precrop_speed_runs(tmp_path):
   assert numbers['cropped_flops'] < numbers['dense_flops']
   assert numbers['masked_params'] < numbers['dense_params']
   assert numbers['masked_over_cropped'] > 0 and 'speedup of the cropped step' in out.stdout
+
+
+def test_sweep_throughput_runs(tmp_path):
+  out = _run(
+    'benchmarks/sweep_throughput.py',
+    '--k',
+    '2',
+    '--steps',
+    '3',
+    '--config.model.width=32',
+    '--config.model.depth=1',
+    '--config.model.heads=2',
+    '--config.model.mlp_dim=64',
+    '--config.data.seq_len=32',
+    '--config.model.max_len=32',
+    '--config.data.batch_size=8',
+    '--config.data.eval_batches=1',
+    '--json',
+    str(tmp_path / 'sweep.json'),
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  numbers = json.loads((tmp_path / 'sweep.json').read_text())
+  assert numbers['k'] == 2 and numbers['sequential_s'] > 0 and numbers['vectorized_s'] > 0
+  assert numbers['max_rel_eval_loss_diff'] < 1e-5  # the same two models either way
+  assert 'models/hour' in out.stdout and 'speedup' in out.stdout

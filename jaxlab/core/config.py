@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
       'vocab_size': 0,  # needed for 'tokens' and 'synthetic'; byte-level text sets its own
       'token_dtype': 'uint16',  # dtype of a raw .bin token file
       'val_fraction': 0.05,  # held-out fraction (LM text; classification sets without a split)
+      'train_tokens': 0,  # LM: train on the first this-many tokens of the train split; 0 = all
       'image_size': 0,  # classification: resize images to this many pixels a side; 0 = as is
       'seq_len': 128,
       'batch_size': 32,  # global batch, split over hosts and devices
@@ -90,6 +91,16 @@ def base_config() -> ml_collections.ConfigDict:
   # plugin name -> its kwargs (jaxlab.core.plugins); insertion order = wrapping order
   c.plugins = ml_collections.ConfigDict(sort_keys=False)
   c.metrics = ml_collections.ConfigDict({'tensorboard': True})
+  # A config with a grid or points is a sweep (`jaxlab.core.sweep`): `jaxlab run` trains every
+  # point in its own sub-workdir, then runs the analysis over the finished points.
+  c.sweep = ml_collections.ConfigDict(
+    {
+      'grid': (),  # 'field=v1,v2,...' each: the Cartesian product over these fields
+      'points': (),  # 'field=v field=v ...' each: an explicit list, crossed with the grid
+      'vectorize': 1,  # >1: up to this many points differing only in VECTOR_FIELDS train as one
+      'analysis': '',  # an ANALYSES name run over the finished points ('' = the table only)
+    }
+  )
   c.report = ml_collections.ConfigDict(
     {
       'paper': '',  # paper id in PAPERS.md, '' for none
@@ -185,7 +196,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int) -> None:
     ConfigError: naming the first bad field, what was expected and what came.
   """
   base = base_config()
-  for section in ('data', 'optim', 'train', 'checkpoint', 'metrics', 'report', 'mesh'):
+  for section in ('data', 'optim', 'train', 'checkpoint', 'metrics', 'report', 'mesh', 'sweep'):
     _check_fields(config[section], base[section], section)
   for key in config:
     if key not in base:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 
 import jax
@@ -70,9 +71,18 @@ def make_schedule(o: ml_collections.ConfigDict, total_steps: int) -> optax.Sched
 
 
 def make_optimizer(
-  o: ml_collections.ConfigDict, total_steps: int
+  o: ml_collections.ConfigDict, total_steps: int, **values: float | jax.Array
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """`clip_by_global_norm(clip_norm)` then the named optimizer with the schedule."""
+  """`clip_by_global_norm(clip_norm)` then the named optimizer with the schedule.
+
+  `values` replace fields of `o` (`lr=`, `weight_decay=`) and may be traced arrays: inside
+  `jax.vmap` they build one optimizer per replica of a vectorised sweep (`jaxlab.core.vectorized`).
+  """
+  if values:
+    unknown = sorted(set(values) - set(o))
+    if unknown:
+      raise ConfigError(f'optim.{unknown[0]}: no such field; expected one of {sorted(o)}')
+    o = types.SimpleNamespace(**{**o.to_dict(), **values})
   schedule = make_schedule(o, total_steps)
   tx = OPTIMIZERS.get(o.name, 'optim.name')(o, schedule)
   if o.clip_norm > 0:

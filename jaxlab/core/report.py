@@ -246,11 +246,14 @@ def write_sweep_report(
   fields: Sequence[str],
   claim: Mapping | ml_collections.ConfigDict,
   plots: Sequence[str | os.PathLike] = (),
+  sections: Sequence[str] = (),
+  summary: Mapping[str, float] | None = None,
 ) -> pathlib.Path:
-  """`workdir/report.md` for a sweep: one row per point, and the claim checked per point.
+  """`workdir/report.md` for a sweep: one row per point, the analysis' `sections`, and the claim.
 
-  A relative claim (`claim.baseline = 'field=value'`) compares every other point with the
-  baseline point that has the same values of the other grid fields.
+  The claim is checked once against `summary` (the analysis' numbers) when its metric is one of
+  them; otherwise per point, and a relative claim (`claim.baseline = 'field=value'`) compares
+  every other point with the baseline point that has the same values of the other fields.
   """
   workdir = pathlib.Path(workdir)
   metrics = sorted({k for r in rows for k in r if '/' in k or k == 'wall_time_s'})
@@ -258,9 +261,11 @@ def write_sweep_report(
     ['Point', *metrics],
     [[r['point'], *(_format_number(r[m]) if m in r else '' for m in metrics)] for r in rows],
   )
-  parts = [f'# {title}', f'## Points ({", ".join(fields)})\n\n{table}']
+  parts = [f'# {title}', f'## Points ({", ".join(fields)})\n\n{table}', *sections]
   checks = []
-  if claim.get('baseline'):
+  if summary and claim.get('metric') in summary:
+    checks = [('analysis', check_claim(claim, summary))]
+  elif claim.get('baseline'):
     # Each point is compared with the baseline point that agrees on every other grid field.
     field, _, value = claim['baseline'].partition('=')
     others = [f for f in fields if f != field]

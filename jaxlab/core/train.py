@@ -8,6 +8,7 @@ loss; plugins (`config.plugins`) wrap the optimizer or add loss terms.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -111,7 +112,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     config_lib.save_config(config, workdir)
   total_steps = config.train.steps
   param_names = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]]
-  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
 
   # ----------------------------------------------------------------------------- Input
   train_iter = task.train_iterator(config.seed, jax.process_index(), jax.process_count())
@@ -138,23 +138,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   )
 
   # ----------------------------------------------------------------------------- Steps
-  def eval_metrics(state: TrainState, batch: dict) -> tuple[dict, jax.Array]:
-    metrics = task.loss(
-      state.params, batch, training.step_rng, train=False, model_state=state.model_state
-    )[1][0]
-    # A batch's weight is its number of real rows (`mask` marks the padding of a last batch).
-    weight = jnp.sum(batch['mask']) if 'mask' in batch else jnp.ones(())
-    return metrics, weight
-
-  eval_step = jax.jit(eval_metrics, out_shardings=sharding.replicated(mesh))
+  eval_step = jax.jit(
+    functools.partial(eval_metrics, task, rng=training.step_rng),
+    out_shardings=sharding.replicated(mesh),
+  )
 
   def evaluate(state: TrainState) -> dict[str, float]:
-    results = [eval_step(state, sharding.shard_batch(b, mesh, rules)) for b in eval_batches]
-    weights = np.array([float(w) for _, w in results])
-    return {
-      f'eval/{k}': float(np.average([float(m[k]) for m, _ in results], weights=weights))
-      for k in results[0][0]
-    }
+    return average_eval(
+      [eval_step(state, sharding.shard_batch(b, mesh, rules)) for b in eval_batches]
+    )
 
   # ----------------------------------------------------------------------------- Loop
   progress = metrics_lib.Progress(
@@ -165,8 +157,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   )
   pending: list[tuple[int, dict]] = []
   last_log_time, last_log_step = time.perf_counter(), start_step
+  train_loss = None  # the last logging window's mean
   step = start_step
-  with _SignalCatcher() as signals, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with SignalCatcher() as signals, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     while step < total_steps:
       batch = sharding.shard_batch(next(train_iter), mesh, rules)
       state, step_metrics = training.train_step(state, batch)
@@ -179,29 +172,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         or step == total_steps
         or signals.caught
       ):
-        scalars = _summarise(pending, param_names, config.train.check_finite)
+        scalars = summarise_window(pending, param_names, config.train.check_finite)
         pending = []
         now = time.perf_counter()
         scalars['perf/steps_per_sec'] = (step - last_log_step) / (now - last_log_time)
         scalars['perf/items_per_sec'] = scalars['perf/steps_per_sec'] * task.items_per_batch
         last_log_time, last_log_step = now, step
         writer.write_scalars(step, scalars)
-        progress.update(step, loss=scalars['train/loss'])
+        train_loss = scalars['train/loss']
+        progress.update(step, loss=train_loss)
       if step % config.train.eval_every == 0 and step < total_steps:
         writer.write_scalars(step, evaluate(state))
       ckpt.save(step, state, train_iter.get_state())
       if signals.caught:
-        _save_now(ckpt, step, state, train_iter)
+        save_now(ckpt, step, state, train_iter)
         writer.flush()
         raise Interrupted(signals.caught, step, workdir)
     progress.close()
-    final = {'train/steps': step, 'params/count': num_params, **evaluate(state)}
+    final = {**run_size(state.params, step, task.items_per_batch), **evaluate(state)}
+    if train_loss is not None:
+      final['train/loss'] = train_loss
     for plugin in training.plugins.values():
       if plugin.finalize is not None:
         final.update(plugin.finalize(task, state, eval_batches))
   writer.write_scalars(step, {k: v for k, v in final.items() if k.startswith('eval/')})
   writer.close()
-  _save_now(ckpt, step, state, train_iter)
+  save_now(ckpt, step, state, train_iter)
   ckpt.close()
   final['wall_time_s'] = time.perf_counter() - start_time  # of this invocation only
 
@@ -209,6 +205,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if main_process:
     write_run_report(config, workdir, task, final, training.plugins)
   return final
+
+
+def eval_metrics(
+  task: Task, state: TrainState, batch: dict, *, rng: jax.Array
+) -> tuple[dict, jax.Array]:
+  """The task's metrics on one eval batch and the batch's weight: its number of real rows
+  (`mask` marks the padding of a last batch)."""
+  metrics = task.loss(state.params, batch, rng, train=False, model_state=state.model_state)[1][0]
+  return metrics, jnp.sum(batch['mask']) if 'mask' in batch else jnp.ones(())
+
+
+def average_eval(results: list[tuple[dict, Any]]) -> dict[str, float]:
+  """`eval/<metric>`: the row-weighted mean of `eval_metrics` over the eval batches."""
+  weights = np.array([float(w) for _, w in results])
+  return {
+    f'eval/{k}': float(np.average([float(m[k]) for m, _ in results], weights=weights))
+    for k in results[0][0]
+  }
+
+
+def run_size(params: Any, steps: int, items_per_batch: int) -> dict[str, float]:
+  """What a scaling law needs of a run: parameters `N` (all, and non-embedding: leaves with no
+  path component containing 'embed', as in Kaplan et al., 2020), items seen `D` (tokens for an
+  LM) and the training compute `C ≈ 6·N·D` (Kaplan et al., Sec. 2.1; Hoffmann et al., 2022)."""
+  total = non_embedding = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    size = int(np.prod(leaf.shape))
+    total += size
+    if 'embed' not in path_name(path):
+      non_embedding += size
+  items = steps * items_per_batch
+  return {
+    'train/steps': steps,
+    'train/items': items,
+    'train/flops': 6.0 * total * items,
+    'params/count': total,
+    'params/non_embedding': non_embedding,
+  }
 
 
 def make_train_step(
@@ -286,7 +320,7 @@ def make_train_step(
   return step_fn
 
 
-def _summarise(pending: list[tuple[int, dict]], param_names: list[str], check: bool) -> dict:
+def summarise_window(pending: list[tuple[int, dict]], param_names: list[str], check: bool) -> dict:
   """Means over the logging window; stops at the first step with a non-finite loss or gradient."""
   host = [(s, jax.device_get(m)) for s, m in pending]
   if check:
@@ -308,13 +342,13 @@ def _summarise(pending: list[tuple[int, dict]], param_names: list[str], check: b
   return {k: float(np.mean([m[k] for _, m in host])) for k in keys}
 
 
-def _save_now(ckpt: Checkpointer, step: int, state: TrainState, train_iter: Any) -> None:
+def save_now(ckpt: Checkpointer, step: int, state: TrainState, train_iter: Any) -> None:
   if step not in ckpt.steps():
     ckpt.save(step, state, train_iter.get_state(), force=True)
   ckpt.wait()
 
 
-class _SignalCatcher:
+class SignalCatcher:
   """Turns SIGTERM/SIGINT into a flag the loop checks after each step (main thread only)."""
 
   def __init__(self):

@@ -53,20 +53,7 @@ def create_train_state(
   Returns:
     The state and a matching tree of `NamedSharding`s.
   """
-  abstract_boxed = jax.eval_shape(init_params)
-  param_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
-  abstract_params = nn.unbox(abstract_boxed)
-  replicated = sharding.replicated(mesh)
-  opt_shardings = opt_state_shardings(
-    jax.eval_shape(tx.init, abstract_params), abstract_params, param_shardings, replicated
-  )
-  model_state_shardings = jax.tree.map(lambda _: replicated, jax.eval_shape(init_model_state))
-  shardings = TrainState(
-    step=replicated,
-    params=param_shardings,
-    opt_state=opt_shardings,
-    model_state=model_state_shardings,
-  )
+  shardings = train_state_shardings(init_params, tx, mesh, rules, init_model_state)
 
   def init() -> TrainState:
     params = nn.unbox(init_params())
@@ -80,6 +67,30 @@ def create_train_state(
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = jax.jit(init, out_shardings=shardings)()
   return state, shardings
+
+
+def train_state_shardings(
+  init_params: Callable[[], Any],
+  tx: optax.GradientTransformation,
+  mesh: Mesh,
+  rules: sharding.Rules,
+  init_model_state: Callable[[], Any] = dict,
+) -> TrainState:
+  """The `NamedSharding` of every leaf of the train state `create_train_state` builds, from
+  abstract shapes only (`jax.eval_shape`)."""
+  abstract_boxed = jax.eval_shape(init_params)
+  param_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
+  abstract_params = nn.unbox(abstract_boxed)
+  replicated = sharding.replicated(mesh)
+  opt_shardings = opt_state_shardings(
+    jax.eval_shape(tx.init, abstract_params), abstract_params, param_shardings, replicated
+  )
+  return TrainState(
+    step=replicated,
+    params=param_shardings,
+    opt_state=opt_shardings,
+    model_state=jax.tree.map(lambda _: replicated, jax.eval_shape(init_model_state)),
+  )
 
 
 def opt_state_shardings(

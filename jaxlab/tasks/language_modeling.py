@@ -89,6 +89,13 @@ class LanguageModelingTask:
         )
       except (OSError, ValueError) as e:
         raise ConfigError(f'data: {e}') from None
+      if d.train_tokens:  # a fixed data budget (epochs = steps x batch x seq_len / budget)
+        if not d.seq_len < d.train_tokens <= self._train.size:
+          raise ConfigError(
+            f'data.train_tokens: expected seq_len < train_tokens <= {self._train.size} (the '
+            f'train split), got {d.train_tokens}'
+          )
+        self._train = self._train[: d.train_tokens]
       need = d.batch_size * (d.seq_len + 1)
       if self._val.size < need:
         raise ConfigError(

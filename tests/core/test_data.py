@@ -403,3 +403,23 @@ def test_synthetic_iterator_errors():
     data.SyntheticIterator('sorting', batch_size=2, seq_len=8, vocab_size=8, seed=0)
   with pytest.raises(ValueError, match='selective_copy: expected vocab_size >= 5'):
     data.SyntheticIterator('selective_copy', batch_size=2, seq_len=8, vocab_size=3, seed=0)
+
+
+def test_train_tokens_is_a_fixed_data_budget():
+  """`data.train_tokens`: every training window lies in the first `train_tokens` tokens."""
+  from jaxlab.core.errors import ConfigError
+  from jaxlab.core.task import build_task
+  from tests.conftest import tiny_config
+
+  budget = 4 * 33  # four windows of seq_len + 1
+  task = build_task(tiny_config(f'--config.data.train_tokens={budget}'))
+  full_train, _ = data.load_corpus('embedded', '', val_fraction=0.05)
+  allowed = {bytes(full_train[i : i + 33]) for i in range(budget - 32)}
+  it = task.train_iterator(0, 0, 1)
+  for _ in range(6):  # several epochs of the budget
+    b = next(it)
+    for row_in, row_out in zip(b['inputs'], b['targets'], strict=True):
+      assert bytes(np.append(row_in, row_out[-1]).astype(full_train.dtype)) in allowed
+  too_many = full_train.size + 1
+  with pytest.raises(ConfigError, match='data.train_tokens'):
+    build_task(tiny_config(f'--config.data.train_tokens={too_many}'))
