@@ -95,6 +95,7 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
       print(f'{paper:<{width}}  {title}  [{path}]')
     return 0
 
+  import jaxlab.scaling.chinchilla  # noqa: F401  (registers the 'chinchilla' sweep analysis)
   import jaxlab.sparsity.plugin  # noqa: F401  (registers the prune plugin)
   import jaxlab.tasks  # noqa: F401  (registers the built-in tasks)
   from jaxlab.core import sharding

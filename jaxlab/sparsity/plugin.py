@@ -7,6 +7,7 @@
     'allocator': 'global',         # ALLOCATORS: global uniform ratio (nm), or 'precrop'
     'schedule': 'one_shot',        # one_shot | iterative | gradual
     'sparsity': 0.9, 'start': 0, 'end': 0, 'every': 1, 'rounds': 1,
+    'start_fraction': -1.0, 'end_fraction': -1.0,  # >= 0: the window in fractions of training
   })
 
 The plugin wraps the optimizer in `masked(...)`, logs `sparsity/params`, `sparsity/fraction`
@@ -72,8 +73,30 @@ def model_families(task: Any, granularity: str, include: str, exclude: str) -> t
 WHEN = ('', 'init', 'during', 'after')
 
 
-def make_schedule(kind: str, sparsity: float, start: int, end: int, every: int, events: int):
-  """The `Schedule` named `kind` (one_shot | iterative | gradual)."""
+def make_schedule(
+  kind: str,
+  sparsity: float,
+  start: int,
+  end: int,
+  every: int,
+  events: int,
+  *,
+  total_steps: int = 0,
+  start_fraction: float = -1.0,
+  end_fraction: float = -1.0,
+):
+  """The `Schedule` named `kind` (one_shot | iterative | gradual).
+
+  With `start_fraction >= 0` the window is given as fractions of the run's `total_steps`
+  (`schedules.window_steps`; the `journey` paper's 25% → 75%), overriding `start`/`end`; a
+  gradual schedule then prunes about `events` times over it (every
+  `(end − start) // (events − 1)` steps) when `events > 1`, else every `every` steps.
+  """
+  if start_fraction >= 0.0:
+    end_fraction = start_fraction if end_fraction < 0.0 else end_fraction
+    start, end = schedules.window_steps(start_fraction, end_fraction, total_steps)
+    if kind == 'gradual' and events > 1:
+      every = max((end - start) // (events - 1), 1)
   if kind == 'one_shot':
     return schedules.one_shot(start, sparsity)
   if kind == 'iterative':
@@ -186,6 +209,8 @@ def prune(
   pai_scorer: str = 'snip',
   when: str = '',
   normalize: bool = False,
+  start_fraction: float = -1.0,
+  end_fraction: float = -1.0,
 ) -> Plugin:
   """Builds the pruner the arguments name (see the module docstring).
 
@@ -234,7 +259,17 @@ def prune(
     families,
     chosen,
     allocator,
-    make_schedule(schedule, sparsity, start, end, every, events),
+    make_schedule(
+      schedule,
+      sparsity,
+      start,
+      end,
+      every,
+      events,
+      total_steps=steps,
+      start_fraction=start_fraction,
+      end_fraction=end_fraction,
+    ),
     rounds=rounds,
     score_members=score_members,
     normalize=normalize,

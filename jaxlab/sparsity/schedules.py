@@ -11,6 +11,11 @@ All three are jittable (`step` may be a traced int32):
 - `gradual(start, end, every, s, initial)`: the cubic schedule of Zhu & Gupta (2017, Eq. 1),
   `s_t = s + (initial - s) (1 - (t - start) / (end - start))^3`, applied every `every` steps
   from `start` to `end`.
+
+The parameter count a schedule leaves over training (the `journey` paper's average parameter
+count N̄, Jin et al., 2025): `sparsity_per_update`, `average_density` and the exact
+`average_param_count` match how `masking.masked` counts, so `N̄` is known before training;
+`window_steps` turns a window given as fractions of training into steps.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,3 +99,63 @@ def gradual(start: int, end: int, every: int, sparsity: float, initial: float = 
       f'start={start} end={end} every={every}'
     )
   return Schedule('gradual', start, end, (end - start) // every + 1, sparsity, initial, every)
+
+
+def window_steps(start_fraction: float, end_fraction: float, total_steps: int) -> tuple[int, int]:
+  """Pruning window `[start, end]` in steps from fractions of a `total_steps`-update run.
+
+  `start = round(f0 T)`, `end = min(round(f1 T), T - 1)`: the last update has index `T - 1`,
+  so a window ending at 100% prunes for the last time on the last update.
+  """
+  if not 0.0 <= start_fraction <= end_fraction <= 1.0:
+    raise ValueError(
+      'pruning window: expected 0 <= start_fraction <= end_fraction <= 1, got '
+      f'{start_fraction}, {end_fraction}'
+    )
+  if total_steps < 1:
+    raise ValueError(f'total_steps: expected at least 1, got {total_steps}')
+  start = min(round(start_fraction * total_steps), total_steps - 1)
+  return start, max(min(round(end_fraction * total_steps), total_steps - 1), start)
+
+
+def sparsity_per_update(schedule: Schedule, total_steps: int) -> np.ndarray:
+  """`[total_steps]` float64: the sparsity in force after update `c` (`c = 0 … T − 1`).
+
+  `masked` prunes at the start of the update whose counter `c` is a pruning step (before the
+  update is applied), then counts the unmasked parameters: update `c` sees the sparsity of
+  the last event at a step `<= c`, and 0 before the first event.
+  """
+  steps = np.arange(total_steps)
+  events = np.asarray(schedule.event_index(jnp.asarray(steps)))
+  hit = events >= 0
+  at_event = np.zeros(total_steps)
+  at_event[hit] = np.asarray(schedule.sparsity(events[hit]), np.float64)  # a scalar broadcasts
+  last = np.maximum.accumulate(np.where(hit, steps, -1))  # the latest pruning step <= c
+  return np.where(last >= 0, at_event[np.maximum(last, 0)], 0.0)
+
+
+def average_density(schedule: Schedule, total_steps: int) -> float:
+  """`(1/T) Σ_c (1 − s_c)`: the pruned parameters' average density over the `T` updates.
+
+  `N̄ = N_unpruned + N_prunable · average_density` up to the rounding of each event's count
+  (`average_param_count` is exact). For Zhu & Gupta's cubic applied at every step of a window
+  `[f0 T, f1 T]` to a final sparsity `s`, this tends (large `T`) to the closed form
+  `1 − s (3/4 (f1 − f0) + 1 − f1)`, since `∫_0^1 (1 − τ)^3 dτ = 1/4`.
+  """
+  return float(1.0 - sparsity_per_update(schedule, total_steps).mean())
+
+
+def average_param_count(
+  schedule: Schedule, total_steps: int, prunable: int, unpruned: int = 0
+) -> float:
+  """Exact `N̄ = (1/T) Σ_c (N_unpruned + N_prunable − round(s_c N_prunable))`.
+
+  `round(s · N_prunable)` is the number of entries the global allocator removes at sparsity
+  `s` (round half to even, as `jnp.round`); `masked`'s `param_steps / count` equals this for
+  unstructured pruning, as long as `min_keep` protects nothing (sparsities below
+  `1 − families / N_prunable`). `s_c` is computed here in float64, in the train step in
+  float32: a count can differ by one only where `s_c N_prunable` lies within about
+  `1e-7 N_prunable` of a half-integer.
+  """
+  removed = np.round(sparsity_per_update(schedule, total_steps) * prunable)
+  return float(np.mean(unpruned + prunable - removed))

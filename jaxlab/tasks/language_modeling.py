@@ -66,7 +66,7 @@ def sown_scalars(intermediates: Any) -> dict[str, jax.Array]:
 
 @TASKS.register('lm')
 class LanguageModelingTask:
-  """Causal LM on `config.data` with the model `config.model`."""
+  """Causal LM on `config.data` with the model `config.model` (a `ModelTask`)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     d = config.data
@@ -105,6 +105,8 @@ class LanguageModelingTask:
     vocab_size = (
       d.vocab_size if d.source in ('tokens', 'synthetic') else data.ByteTokenizer.vocab_size
     )
+    self.model_config = config.model
+    self.model_size = vocab_size
     self.model = build_model(config.model, vocab_size)
     max_len = getattr(self.model.cfg, 'max_len', d.seq_len)
     if d.seq_len > max_len:
@@ -120,6 +122,13 @@ class LanguageModelingTask:
   def init_model_state(self, rng: jax.Array) -> Any:
     del rng
     return {}
+
+  def example_inputs(self, batch: int = 1) -> jax.Array:
+    return jnp.zeros((batch, self._data_cfg.seq_len), jnp.int32)
+
+  def forward(self, variables: Any, inputs: jax.Array, *, train: bool = False) -> jax.Array:
+    """Next-token logits `[batch, length, vocab]` (`ModelTask`: what pruning scores call)."""
+    return self.model.apply(variables, inputs, deterministic=not train)
 
   def loss(
     self,
