@@ -7,12 +7,11 @@ import pathlib
 import subprocess
 import sys
 
-import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import jaxlab.tasks  # noqa: F401  (registers the built-in tasks)
 from jaxlab.core.config import load_config
+from jaxlab.core.sweep import load_point_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LM = str(REPO / 'experiments' / 'lm.py')
@@ -49,15 +48,7 @@ def finalized_steps(workdir: pathlib.Path) -> list[int]:
 
 def load_params(workdir: pathlib.Path, step: int | None = None) -> dict:
   """The parameters saved in a run's checkpoint (the latest by default), as numpy arrays."""
-  step = finalized_steps(workdir)[-1] if step is None else step
-  restored = ocp.StandardCheckpointer().restore(workdir / 'checkpoints' / str(step) / 'state')
-  return jax_to_numpy(restored['params'])
-
-
-def jax_to_numpy(tree):
-  import jax
-
-  return jax.tree.map(np.asarray, tree)
+  return load_point_params(workdir, step)
 
 
 def run_cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
@@ -94,3 +85,16 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(skip_slow)
     if item.get_closest_marker('gpu') and not has_gpu:
       item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope='session')
+def tiny_runs(tmp_path_factory) -> list[pathlib.Path]:
+  """Two finished 6-step tiny LM runs (seeds 0 and 1), shared by the tests that load trained
+  runs (ensembles, distillation teachers)."""
+  root = tmp_path_factory.mktemp('tiny_runs')
+  steps = ['--config.train.steps=6', '--config.train.eval_every=3', '--config.checkpoint.every=3']
+  from jaxlab.core.train import train_and_evaluate
+
+  for seed in (0, 1):
+    train_and_evaluate(tiny_config(*steps, f'--config.seed={seed}'), root / f's{seed}')
+  return [root / 's0', root / 's1']

@@ -275,21 +275,24 @@ def _train_point(train_fn: Callable, config: ml_collections.ConfigDict, point_di
     (point_dir / 'final_metrics.json').write_text(json.dumps(final, indent=2) + '\n')
 
 
-def load_point_params(point_dir: str | os.PathLike) -> Any:
-  """The parameters of a finished point (or any run directory), from its latest checkpoint,
-  as host (numpy) arrays."""
+def load_point_params(point_dir: str | os.PathLike, step: int | None = None) -> Any:
+  """The parameters of a finished point (or any run directory) saved at `step` (default: its
+  latest checkpoint), as host (numpy) arrays."""
+  import numpy as np
   import orbax.checkpoint as ocp
 
   directory = pathlib.Path(point_dir).absolute() / 'checkpoints'
-  steps = (
-    sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-    if directory.exists()
-    else []
-  )
-  if not steps:
-    raise FileNotFoundError(f'{point_dir}: expected a run directory with checkpoints/, found none')
-  restored = ocp.StandardCheckpointer().restore(directory / str(steps[-1]) / 'state')
-  return restored['params']
+  if step is None:
+    steps = (
+      sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+      if directory.exists()
+      else []
+    )
+    if not steps:
+      raise FileNotFoundError(f'{point_dir}: expected a run directory with checkpoints/, got none')
+    step = steps[-1]
+  restored = ocp.StandardCheckpointer().restore(directory / str(step) / 'state')
+  return jax.tree.map(np.asarray, restored['params'])
 
 
 def write_results(rows: list[dict], workdir: pathlib.Path) -> None:

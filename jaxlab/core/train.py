@@ -185,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         writer.write_scalars(step, evaluate(state))
       ckpt.save(step, state, train_iter.get_state())
       if signals.caught:
-        save_now(ckpt, step, state, train_iter)
+        save_now(ckpt, step, state, train_iter.get_state())
         writer.flush()
         raise Interrupted(signals.caught, step, workdir)
     progress.close()
@@ -197,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         final.update(plugin.finalize(task, state, eval_batches))
   writer.write_scalars(step, {k: v for k, v in final.items() if k.startswith('eval/')})
   writer.close()
-  save_now(ckpt, step, state, train_iter)
+  save_now(ckpt, step, state, train_iter.get_state())
   ckpt.close()
   final['wall_time_s'] = time.perf_counter() - start_time  # of this invocation only
 
@@ -342,9 +342,10 @@ def summarise_window(pending: list[tuple[int, dict]], param_names: list[str], ch
   return {k: float(np.mean([m[k] for _, m in host])) for k in keys}
 
 
-def save_now(ckpt: Checkpointer, step: int, state: TrainState, train_iter: Any) -> None:
+def save_now(ckpt: Checkpointer, step: int, state: TrainState, data_state: dict) -> None:
+  """Saves `step` unless already saved, and waits until every save is written."""
   if step not in ckpt.steps():
-    ckpt.save(step, state, train_iter.get_state(), force=True)
+    ckpt.save(step, state, data_state, force=True)
   ckpt.wait()
 
 

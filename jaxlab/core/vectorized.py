@@ -57,6 +57,7 @@ from jaxlab.core.train import (
   init_and_step_rngs,
   make_train_step,
   run_size,
+  save_now,
   summarise_window,
   write_run_report,
 )
@@ -339,16 +340,12 @@ def train_vectorized(
             writers[i].write_scalars(step, scalars)
       ckpt.save(step, state, data_state())
       if signals.caught:
-        if step not in ckpt.steps():
-          ckpt.save(step, state, data_state(), force=True)
-        ckpt.wait()
+        save_now(ckpt, step, state, data_state())
         for w in writers:
           w.flush()
         raise Interrupted(signals.caught, step, group_dir)
     progress.close()
-  if step not in ckpt.steps():
-    ckpt.save(step, state, data_state(), force=True)
-  ckpt.wait()
+  save_now(ckpt, step, state, data_state())
   ckpt.close()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     finals = evaluate(state)

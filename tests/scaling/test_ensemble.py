@@ -9,27 +9,18 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from scipy.special import log_softmax
 
 from jaxlab.core.config import config_from_json
 from jaxlab.core.task import build_task
-from jaxlab.core.train import train_and_evaluate
 from jaxlab.scaling import ensemble as ens
 from tests.conftest import tiny_config
 
-STEPS = ['--config.train.steps=6', '--config.train.eval_every=3', '--config.checkpoint.every=3']
-
-
-def _log_softmax(z):
-  z = z - z.max(-1, keepdims=True)
-  return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
+def run(tiny_runs):
   """One trained 6-step run (the members below add freshly initialised models)."""
-  path = tmp_path_factory.mktemp('members') / 's0'
-  train_and_evaluate(tiny_config(*STEPS), path)
-  return path
+  return tiny_runs[0]
 
 
 @pytest.fixture(scope='module')
@@ -65,13 +56,15 @@ def test_combine_matches_numpy(combine):
   if combine == 'logits':
     want = (z / 2.0).mean(0)
   else:
-    want = np.log(np.exp(_log_softmax(z / 2.0)).mean(0))
+    want = np.log(np.exp(log_softmax(z / 2.0, axis=-1)).mean(0))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # Each prefix of the members equals the combination of that prefix.
   prefixes = np.asarray(ens.prefix_logits(z, combine))
   for k in range(1, 4):
     want_k = np.asarray(ens.combine_logits(z[:k], combine))
-    np.testing.assert_allclose(_log_softmax(prefixes[k - 1]), _log_softmax(want_k), atol=1e-5)
+    np.testing.assert_allclose(
+      log_softmax(prefixes[k - 1], axis=-1), log_softmax(want_k, axis=-1), atol=1e-5
+    )
 
 
 def test_bad_combine_is_a_clear_error():
@@ -84,7 +77,7 @@ def test_token_loss_is_the_masked_mean_cross_entropy():
   z = rng.normal(size=(2, 4, 6)).astype(np.float32)
   y = rng.integers(0, 6, size=(2, 4))
   mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], np.float32)
-  ce = -np.take_along_axis(_log_softmax(z), y[..., None], -1)[..., 0]
+  ce = -np.take_along_axis(log_softmax(z, axis=-1), y[..., None], -1)[..., 0]
   np.testing.assert_allclose(ens.token_loss(z, y, mask), (ce * mask).sum() / 6, rtol=1e-6)
 
 
